@@ -1,0 +1,180 @@
+// ncml: Neural Collapse directions of pretrained embeddings.
+//
+// nc_directions(features [N, D], labels [N]) returns one unit row per class [C, D]:
+//   Direction::pc1           the paper's NC-Init direction (Algorithm 1): the first principal
+//                            direction of the class's *uncentred* rows, i.e. the top right
+//                            singular vector of E_c, signed so that v_c . mean(E_c) >= 0;
+//   Direction::mean          the normalized class mean mu_c / ||mu_c||;
+//   Direction::centered_mean (mu_c - mu_G) / ||mu_c - mu_G||, mu_G the global mean.
+// Every class in [0, C) needs at least one sample; otherwise nc::error lists the empty ones.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+#include <Eigen/Eigenvalues>
+
+#include "core/check.hpp"
+#include "core/error.hpp"
+#include "core/parallel.hpp"
+#include "core/types.hpp"
+#include "stats.hpp"
+
+namespace nc {
+
+enum class Direction { pc1, mean, centered_mean };
+
+struct DirectionOptions {
+  Direction method = Direction::pc1;
+  /// Number of classes; -1 means max(label) + 1.
+  Index num_classes = -1;
+  /// centered_mean only: subtract the unweighted mean of the class means instead of the
+  /// sample-weighted global mean (for imbalanced data).
+  bool unweighted_global_mean = false;
+  /// Threads over classes (0: all available). Results do not depend on it.
+  int threads = 0;
+};
+
+namespace detail {
+
+/// Classes at or below this many rows (or dimensions) get a dense symmetric eigensolver;
+/// larger ones a power iteration with a residual test that falls back to the eigensolver.
+constexpr Index kExactEigenLimit = 256;
+constexpr int kPowerMaxIter = 1000;
+
+/// Top eigenvector of the symmetric PSD matrix `a`, starting from `v0` (not orthogonal to it).
+inline Eigen::VectorXd top_eigenvector(const MatrixD& a, Eigen::VectorXd v0) {
+  const Index n = a.rows();
+  if (n > kExactEigenLimit) {
+    if (!(v0.norm() > 0)) v0 = Eigen::VectorXd::Ones(n);
+    Eigen::VectorXd v = v0.normalized(), av(n);
+    for (int it = 0; it < kPowerMaxIter; ++it) {
+      av.noalias() = a.selfadjointView<Eigen::Lower>() * v;
+      const double lambda = v.dot(av);
+      if (!(lambda > 0)) break;
+      // ||A v - lambda v|| bounds sin(angle to the top eigenvector) times the spectral gap.
+      const double resid = (av - lambda * v).norm();
+      v = av / av.norm();
+      if (resid <= 1e-13 * lambda) return v;
+    }
+  }
+  Eigen::SelfAdjointEigenSolver<MatrixD> es(a);
+  return es.eigenvectors().col(n - 1);
+}
+
+/// First right singular vector of the rows `e` [n, D] (uncentred), signed towards their mean.
+inline Eigen::VectorXd uncentred_pc1(const MatrixD& e) {
+  const Index n = e.rows(), d = e.cols();
+  const Eigen::VectorXd mean = e.colwise().mean().transpose();
+  Eigen::VectorXd v;
+  if (n == 1) {
+    v = e.row(0).transpose();
+  } else if (n < d) {
+    // Through the n x n Gram matrix: E E^T u = s^2 u  =>  v = E^T u / s.
+    MatrixD g = MatrixD::Zero(n, n);
+    g.selfadjointView<Eigen::Lower>().rankUpdate(e);
+    g = g.selfadjointView<Eigen::Lower>();
+    const Eigen::VectorXd u = top_eigenvector(g, e * mean);
+    v = e.transpose() * u;
+  } else {
+    MatrixD s = MatrixD::Zero(d, d);
+    s.selfadjointView<Eigen::Lower>().rankUpdate(e.transpose());
+    s = s.selfadjointView<Eigen::Lower>();
+    v = top_eigenvector(s, mean);
+  }
+  const double norm = v.norm();
+  if (!(norm > 0)) return Eigen::VectorXd::Zero(d);
+  v /= norm;
+  double side = v.dot(mean);
+  if (side == 0) {  // no preferred side: make the largest-magnitude component positive
+    Index k;
+    v.cwiseAbs().maxCoeff(&k);
+    side = v[k];
+  }
+  return side < 0 ? Eigen::VectorXd(-v) : v;
+}
+
+template <class L>
+std::vector<Index> empty_classes(LabelView<L> y, Index num_classes, std::vector<Index>* start_out,
+                                 std::vector<Index>* order_out) {
+  std::vector<Index> start(num_classes + 1, 0);
+  for (Index i = 0; i < y.size; ++i) ++start[static_cast<Index>(y[i]) + 1];
+  std::vector<Index> empty;
+  for (Index c = 0; c < num_classes; ++c)
+    if (start[c + 1] == 0) empty.push_back(c);
+  for (Index c = 0; c < num_classes; ++c) start[c + 1] += start[c];
+  if (order_out) {
+    std::vector<Index> fill(start.begin(), start.end() - 1);
+    order_out->assign(y.size, 0);
+    for (Index i = 0; i < y.size; ++i) (*order_out)[fill[static_cast<Index>(y[i])]++] = i;
+  }
+  if (start_out) *start_out = std::move(start);
+  return empty;
+}
+
+inline void throw_zero_directions(const std::vector<Index>& zero, const char* why) {
+  NC_FAIL("no direction is defined for class(es) " << join_indices(zero) << ": " << why);
+}
+
+}  // namespace detail
+
+/// NC directions [C, D] (unit rows, in the feature precision) of `features` [N, D] grouped
+/// by `labels` [N]. See the file comment for the methods.
+template <class D, class Labels>
+Matrix<typename D::Scalar> nc_directions(const Eigen::MatrixBase<D>& features, const Labels& labels,
+                                         DirectionOptions options = {}) {
+  using T = typename D::Scalar;
+  static_assert(detail::is_supported_scalar<T>::value, "features must be float or double");
+  const auto y = label_view(labels);
+  const ConstRowsRef<T> x(features);
+  detail::check_features(x, "features");
+  const Index C = detail::resolve_num_classes(y, x.rows(), options.num_classes, "labels");
+  const Index d = x.cols();
+
+  std::vector<Index> start, order;
+  const std::vector<Index> empty = detail::empty_classes(y, C, &start, &order);
+  NC_EXPECTS(empty.empty(), "class(es) " << detail::join_indices(empty)
+                                         << " have no samples; every class needs one for its direction");
+
+  MatrixD dirs(C, d);
+  if (options.method == Direction::pc1) {
+    const int threads = detail::resolve_threads(options.threads);
+    (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+#endif
+    for (Index c = 0; c < C; ++c) {
+      MatrixD e(start[c + 1] - start[c], d);
+      for (Index k = start[c]; k < start[c + 1]; ++k)
+        e.row(k - start[c]) = x.row(order[k]).template cast<double>();
+      dirs.row(c) = detail::uncentred_pc1(e).transpose();
+    }
+  } else {
+    const ClassStats s = class_stats(x, labels, C, StatsOptions{false, options.threads});
+    dirs = s.means();
+    if (options.method == Direction::centered_mean) {
+      const Eigen::VectorXd g =
+          options.unweighted_global_mean ? s.mean_of_class_means() : s.global_mean();
+      dirs.rowwise() -= g.transpose();
+    } else {
+      NC_EXPECTS(options.method == Direction::mean, "unknown Direction value " << int(options.method));
+    }
+    for (Index c = 0; c < C; ++c) {
+      const double n = dirs.row(c).norm();
+      if (n > 0) dirs.row(c) /= n;
+    }
+  }
+  std::vector<Index> zero;
+  for (Index c = 0; c < C; ++c)
+    if (!(dirs.row(c).squaredNorm() > 0)) zero.push_back(c);
+  if (!zero.empty())
+    detail::throw_zero_directions(zero, options.method == Direction::centered_mean
+                                            ? "the class mean equals the global mean"
+                                            : "all of the class's rows are zero");
+  return dirs.template cast<T>();
+}
+
+}  // namespace nc

@@ -1,0 +1,276 @@
+// ncml: streaming, mergeable per-class statistics.
+//
+// ClassStats holds, for C classes in D dimensions: sample counts (int64), class means,
+// each class's sum of squared deviations from its mean (for CDNV), and the pooled
+// within-class scatter S_W = sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, all in double.
+// Batches are combined with Chan et al.'s pairwise update, so no E[xx^T] - mu mu^T
+// cancellation ever happens, and `merge` of two disjoint streams equals one pass over both
+// up to rounding.
+//
+//   nc::ClassStats stats(num_classes, dim);
+//   for (auto& batch : loader) stats.add(batch.features, batch.labels);   // [n, D], [n]
+//   nc::MatrixD mu = stats.means();                                       // [C, D]
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "core/check.hpp"
+#include "core/error.hpp"
+#include "core/parallel.hpp"
+#include "core/types.hpp"
+
+namespace nc {
+
+struct StatsOptions {
+  /// Accumulate the pooled within-class scatter S_W (D x D). Costs O(N D^2) and D^2 doubles;
+  /// turn off when only counts, means and per-class variances are needed.
+  bool within_scatter = true;
+  /// Threads for the scatter accumulation (0: all available). Results do not depend on it.
+  int threads = 0;
+};
+
+namespace detail {
+/// Rows are centred and multiplied in chunks of this many rows; each chunk's scatter is
+/// formed in the feature precision and added to the double accumulator in chunk order.
+constexpr Index kScatterChunk = 256;
+/// add() processes at most this many rows at a time (bounds the temporary copy).
+constexpr Index kAddBlock = 1 << 15;
+}  // namespace detail
+
+class ClassStats {
+ public:
+  /// Statistics for `num_classes` classes of `dim`-dimensional features.
+  ClassStats(Index num_classes, Index dim, StatsOptions options = {})
+      : options_(options), counts_(VectorI64::Zero(num_classes)) {
+    NC_EXPECTS(num_classes > 0, "num_classes must be positive, got " << num_classes);
+    NC_EXPECTS(dim > 0, "dim must be positive, got " << dim);
+    means_ = MatrixD::Zero(num_classes, dim);
+    sq_dev_ = Eigen::VectorXd::Zero(num_classes);
+    if (options_.within_scatter) scatter_ = MatrixD::Zero(dim, dim);
+  }
+
+  /// Adds one batch: `features` [n, D] (float or double, any Eigen expression), `labels` [n]
+  /// with values in [0, C). Validates the whole batch first; on error nothing changes.
+  template <class D, class Labels>
+  void add(const Eigen::MatrixBase<D>& features, const Labels& labels) {
+    using T = typename D::Scalar;
+    static_assert(detail::is_supported_scalar<T>::value, "features must be float or double");
+    const auto y = label_view(labels);
+    NC_EXPECTS(features.cols() == dim(),
+               "features has " << features.cols() << " columns, expected dim = " << dim());
+    const ConstRowsRef<T> x(features);
+    detail::check_features(x, "features");
+    detail::check_labels(y, x.rows(), num_classes(), "labels");
+    for (Index r0 = 0; r0 < x.rows(); r0 += detail::kAddBlock) {
+      const Index n = std::min(detail::kAddBlock, x.rows() - r0);
+      add_block<T>(x.middleRows(r0, n), y.data + r0);
+    }
+  }
+
+  /// Combines `other` (statistics of a disjoint set of samples) into this one.
+  void merge(const ClassStats& other) {
+    NC_EXPECTS(other.num_classes() == num_classes(),
+               "merge: num_classes differ (" << num_classes() << " vs " << other.num_classes() << ")");
+    NC_EXPECTS(other.dim() == dim(), "merge: dim differs (" << dim() << " vs " << other.dim() << ")");
+    NC_EXPECTS(other.options_.within_scatter == options_.within_scatter,
+               "merge: one side accumulates the within-class scatter and the other does not");
+    combine(other.counts_, other.means_, other.sq_dev_, other.has_scatter() ? &other.scatter_ : nullptr);
+  }
+
+  Index num_classes() const { return counts_.size(); }
+  Index dim() const { return means_.cols(); }
+  Index total_count() const { return counts_.sum(); }
+  bool has_scatter() const { return options_.within_scatter; }
+  /// Number of classes with at least one sample.
+  Index num_nonempty_classes() const { return (counts_.array() > 0).count(); }
+
+  /// Samples per class [C].
+  const VectorI64& counts() const { return counts_; }
+  /// Class means [C, D]; rows of classes without samples are zero (see counts()).
+  const MatrixD& means() const { return means_; }
+  /// Per-class sum of squared deviations from the class mean, sum_{i in c} ||h_i - mu_c||^2 [C].
+  const Eigen::VectorXd& class_sq_deviations() const { return sq_dev_; }
+  /// Per-class variance Var_c = sq_dev_c / n_c [C] (NaN for empty classes).
+  Eigen::VectorXd class_variances() const {
+    Eigen::VectorXd v(num_classes());
+    for (Index c = 0; c < num_classes(); ++c)
+      v[c] = counts_[c] > 0 ? sq_dev_[c] / double(counts_[c]) : std::nan("");
+    return v;
+  }
+
+  /// Sample-weighted global mean (1/N) sum_i h_i [D].
+  Eigen::VectorXd global_mean() const {
+    require_samples("global_mean");
+    Eigen::VectorXd g = Eigen::VectorXd::Zero(dim());
+    for (Index c = 0; c < num_classes(); ++c)
+      if (counts_[c] > 0) g += double(counts_[c]) * means_.row(c).transpose();
+    return g / double(total_count());
+  }
+  /// Unweighted average of the means of the non-empty classes [D].
+  Eigen::VectorXd mean_of_class_means() const {
+    require_samples("mean_of_class_means");
+    Eigen::VectorXd g = Eigen::VectorXd::Zero(dim());
+    for (Index c = 0; c < num_classes(); ++c)
+      if (counts_[c] > 0) g += means_.row(c).transpose();
+    return g / double(num_nonempty_classes());
+  }
+
+  /// Pooled within-class scatter sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T [D, D] (not normalized).
+  const MatrixD& within_scatter() const {
+    NC_EXPECTS(has_scatter(), "within_scatter: these statistics were built with "
+                              "StatsOptions::within_scatter = false");
+    return scatter_;
+  }
+  /// Sigma_W = S_W / N [D, D].
+  MatrixD within_covariance() const {
+    const MatrixD& s = within_scatter();
+    require_samples("within_covariance");
+    return s / double(total_count());
+  }
+  /// Sigma_B = (1/C') sum_c (mu_c - mu_G)(mu_c - mu_G)^T over the C' non-empty classes,
+  /// mu_G the sample-weighted global mean [D, D].
+  MatrixD between_covariance() const {
+    const Eigen::VectorXd g = global_mean();
+    MatrixD m(num_nonempty_classes(), dim());
+    Index r = 0;
+    for (Index c = 0; c < num_classes(); ++c)
+      if (counts_[c] > 0) m.row(r++) = means_.row(c) - g.transpose();
+    MatrixD sb = MatrixD::Zero(dim(), dim());
+    sb.selfadjointView<Eigen::Lower>().rankUpdate(m.transpose(), 1.0 / double(m.rows()));
+    return sb.selfadjointView<Eigen::Lower>();
+  }
+
+ private:
+  void require_samples(const char* what) const {
+    NC_EXPECTS(total_count() > 0, what << ": the statistics hold no samples yet");
+  }
+
+  // One block of at most kAddBlock validated rows: per-class batch statistics, then a
+  // Chan combination with what is stored.
+  template <class T, class L>
+  void add_block(const ConstRowsRef<T>& x, const L* y) {
+    const Index n = x.rows(), d = dim(), C = num_classes();
+    // Counting sort of the rows by label: order[start[c] .. start[c+1]) are class c's rows.
+    VectorI64 bcount = VectorI64::Zero(C);
+    for (Index i = 0; i < n; ++i) ++bcount[static_cast<Index>(y[i])];
+    std::vector<Index> start(C + 1, 0);
+    for (Index c = 0; c < C; ++c) start[c + 1] = start[c] + bcount[c];
+    std::vector<Index> order(n), fill(start.begin(), start.end() - 1);
+    for (Index i = 0; i < n; ++i) order[fill[static_cast<Index>(y[i])]++] = i;
+
+    MatrixD bmean = MatrixD::Zero(C, d);
+    Eigen::VectorXd bsq = Eigen::VectorXd::Zero(C);
+    // Rows in class order, centred by their class's batch mean, in the feature precision.
+    Matrix<T> centred;
+    if (has_scatter()) centred.resize(n, d);
+    Eigen::RowVectorXd tmp(d);
+    for (Index c = 0; c < C; ++c) {
+      if (bcount[c] == 0) continue;
+      Eigen::RowVectorXd s = Eigen::RowVectorXd::Zero(d);
+      for (Index k = start[c]; k < start[c + 1]; ++k) s += x.row(order[k]).template cast<double>();
+      bmean.row(c) = s / double(bcount[c]);
+      double sq = 0;
+      for (Index k = start[c]; k < start[c + 1]; ++k) {
+        tmp = x.row(order[k]).template cast<double>() - bmean.row(c);
+        sq += tmp.squaredNorm();
+        if (has_scatter()) centred.row(k) = tmp.template cast<T>();
+      }
+      bsq[c] = sq;
+    }
+
+    MatrixD bscatter;
+    if (has_scatter()) bscatter = chunked_scatter<T>(centred);
+    combine(bcount, bmean, bsq, has_scatter() ? &bscatter : nullptr);
+  }
+
+  // sum of r^T r over all rows r of `centred`, each chunk of kScatterChunk rows formed in T and
+  // added to a double accumulator in chunk order (deterministic for any thread count).
+  template <class T>
+  MatrixD chunked_scatter(const Matrix<T>& centred) const {
+    const Index n = centred.rows(), d = dim();
+    const Index chunks = (n + detail::kScatterChunk - 1) / detail::kScatterChunk;
+    const int threads = std::max<int>(1, std::min<Index>(detail::resolve_threads(options_.threads), chunks));
+    MatrixD acc = MatrixD::Zero(d, d);
+    std::vector<Matrix<T>> part(threads, Matrix<T>(d, d));
+    for (Index base = 0; base < chunks; base += threads) {
+      const int active = static_cast<int>(std::min<Index>(threads, chunks - base));
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(active) schedule(static, 1)
+#endif
+      for (int t = 0; t < active; ++t) {
+        const Index r0 = (base + t) * detail::kScatterChunk;
+        const Index m = std::min(detail::kScatterChunk, n - r0);
+        part[t].setZero();
+        part[t].template selfadjointView<Eigen::Lower>().rankUpdate(
+            centred.middleRows(r0, m).transpose());
+      }
+      for (int t = 0; t < active; ++t)
+        acc.template triangularView<Eigen::Lower>() += part[t].template cast<double>();
+    }
+    return acc.selfadjointView<Eigen::Lower>();
+  }
+
+  // Chan et al. combination of (counts, means, sq_dev, scatter) of another disjoint set.
+  void combine(const VectorI64& bcount, const MatrixD& bmean, const Eigen::VectorXd& bsq,
+               const MatrixD* bscatter) {
+    const Index C = num_classes();
+    // Rows sqrt(n_a n_b / n) * (mu_b - mu_a) of the classes both sides have: the scatter
+    // between the two sides' class means, added as one rank update.
+    std::vector<Index> both;
+    for (Index c = 0; c < C; ++c)
+      if (bcount[c] > 0 && counts_[c] > 0) both.push_back(c);
+    MatrixD between(both.size(), dim());
+    for (std::size_t k = 0; k < both.size(); ++k) {
+      const Index c = both[k];
+      const double na = double(counts_[c]), nb = double(bcount[c]);
+      between.row(k) = std::sqrt(na * nb / (na + nb)) * (bmean.row(c) - means_.row(c));
+    }
+    for (Index c = 0; c < C; ++c) {
+      if (bcount[c] == 0) continue;
+      const double na = double(counts_[c]), nb = double(bcount[c]), tot = na + nb;
+      if (counts_[c] == 0) {
+        means_.row(c) = bmean.row(c);
+        sq_dev_[c] = bsq[c];
+      } else {
+        const Eigen::RowVectorXd delta = bmean.row(c) - means_.row(c);
+        sq_dev_[c] += bsq[c] + delta.squaredNorm() * na * nb / tot;
+        means_.row(c) += delta * (nb / tot);
+      }
+      counts_[c] += bcount[c];
+    }
+    if (bscatter) {
+      scatter_ += *bscatter;
+      if (!both.empty()) {
+        MatrixD corr = MatrixD::Zero(dim(), dim());
+        corr.selfadjointView<Eigen::Lower>().rankUpdate(between.transpose());
+        scatter_ += MatrixD(corr.selfadjointView<Eigen::Lower>());
+      }
+    }
+  }
+
+  StatsOptions options_;
+  VectorI64 counts_;
+  MatrixD means_;
+  Eigen::VectorXd sq_dev_;
+  MatrixD scatter_;
+};
+
+/// One-pass statistics of `features` [N, D] with `labels` [N]; num_classes -1 means
+/// max(label) + 1.
+template <class D, class Labels>
+ClassStats class_stats(const Eigen::MatrixBase<D>& features, const Labels& labels,
+                       Index num_classes = -1, StatsOptions options = {}) {
+  const auto y = label_view(labels);
+  const Index C = detail::resolve_num_classes(y, features.rows(), num_classes, "labels");
+  NC_EXPECTS(features.rows() > 0, "features is empty (0 rows)");
+  ClassStats s(C, features.cols(), options);
+  s.add(features, labels);
+  return s;
+}
+
+}  // namespace nc
