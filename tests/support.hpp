@@ -43,8 +43,8 @@ inline MatrixD mixture(Index n, Index d, Index C, std::vector<int>& labels, uint
 /// Relative Frobenius error ||a - b|| / max(||b||, tiny).
 template <class A, class B>
 double rel_err(const A& a, const B& b) {
-  const double den = std::max(b.norm(), 1e-300);
-  return (a - b).norm() / den;
+  const double den = std::max(double(b.norm()), 1e-300);
+  return double((a - b).norm()) / den;
 }
 
 inline double rel_err(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-300); }

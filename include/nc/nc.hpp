@@ -7,5 +7,6 @@
 #include "directions.hpp"
 #include "drift.hpp"
 #include "head.hpp"
+#include "loss.hpp"
 #include "perturb.hpp"
 #include "stats.hpp"
