@@ -11,7 +11,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -52,7 +54,7 @@ inline Eigen::VectorXd top_eigenvector(const MatrixD& a, Eigen::VectorXd v0) {
     if (!(v0.norm() > 0)) v0 = Eigen::VectorXd::Ones(n);
     Eigen::VectorXd v = v0.normalized(), av(n);
     for (int it = 0; it < kPowerMaxIter; ++it) {
-      av.noalias() = a.selfadjointView<Eigen::Lower>() * v;
+      av.noalias() = a * v;
       const double lambda = v.dot(av);
       if (!(lambda > 0)) break;
       // ||A v - lambda v|| bounds sin(angle to the top eigenvector) times the spectral gap.
@@ -65,25 +67,38 @@ inline Eigen::VectorXd top_eigenvector(const MatrixD& a, Eigen::VectorXd v0) {
   return es.eigenvectors().col(n - 1);
 }
 
+/// Gram matrix a^T a [D, D] of the rows `a` [n, D] in double; for float rows the products
+/// are formed in float over chunks of kScatterChunk rows and summed in double.
+template <class T>
+MatrixD gram_of_rows(const Matrix<T>& a) {
+  const Index n = a.rows(), d = a.cols();
+  if (std::is_same<T, double>::value) return (a.transpose() * a).template cast<double>();
+  MatrixD acc = MatrixD::Zero(d, d);
+  Matrix<T> part(d, d);
+  for (Index r0 = 0; r0 < n; r0 += kScatterChunk) {
+    const auto rows = a.middleRows(r0, std::min(kScatterChunk, n - r0));
+    part.noalias() = rows.transpose() * rows;
+    acc += part.template cast<double>();
+  }
+  return acc;
+}
+
 /// First right singular vector of the rows `e` [n, D] (uncentred), signed towards their mean.
-inline Eigen::VectorXd uncentred_pc1(const MatrixD& e) {
+template <class T>
+Eigen::VectorXd uncentred_pc1(const Matrix<T>& e) {
   const Index n = e.rows(), d = e.cols();
-  const Eigen::VectorXd mean = e.colwise().mean().transpose();
+  const Eigen::VectorXd mean = e.template cast<double>().colwise().mean().transpose();
   Eigen::VectorXd v;
   if (n == 1) {
-    v = e.row(0).transpose();
+    v = e.row(0).template cast<double>().transpose();
   } else if (n < d) {
     // Through the n x n Gram matrix: E E^T u = s^2 u  =>  v = E^T u / s.
-    MatrixD g = MatrixD::Zero(n, n);
-    g.selfadjointView<Eigen::Lower>().rankUpdate(e);
-    g = g.selfadjointView<Eigen::Lower>();
-    const Eigen::VectorXd u = top_eigenvector(g, e * mean);
-    v = e.transpose() * u;
+    const MatrixD ed = e.template cast<double>();
+    const MatrixD g = ed * ed.transpose();
+    const Eigen::VectorXd u = top_eigenvector(g, ed * mean);
+    v = ed.transpose() * u;
   } else {
-    MatrixD s = MatrixD::Zero(d, d);
-    s.selfadjointView<Eigen::Lower>().rankUpdate(e.transpose());
-    s = s.selfadjointView<Eigen::Lower>();
-    v = top_eigenvector(s, mean);
+    v = top_eigenvector(gram_of_rows(e), mean);
   }
   const double norm = v.norm();
   if (!(norm > 0)) return Eigen::VectorXd::Zero(d);
@@ -141,24 +156,24 @@ Matrix<typename D::Scalar> nc_directions(const Eigen::MatrixBase<D>& features, c
 
   MatrixD dirs(C, d);
   if (options.method == Direction::pc1) {
-    const int threads = detail::resolve_threads(options.threads);
-    (void)threads;
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-#endif
-    for (Index c = 0; c < C; ++c) {
-      MatrixD e(start[c + 1] - start[c], d);
-      for (Index k = start[c]; k < start[c + 1]; ++k)
-        e.row(k - start[c]) = x.row(order[k]).template cast<double>();
+    detail::parallel_for(C, options.threads, [&](Index c) {
+      Matrix<T> e(start[c + 1] - start[c], d);
+      for (Index k = start[c]; k < start[c + 1]; ++k) e.row(k - start[c]) = x.row(order[k]);
       dirs.row(c) = detail::uncentred_pc1(e).transpose();
-    }
+    });
   } else {
     const ClassStats s = class_stats(x, labels, C, StatsOptions{false, options.threads});
     dirs = s.means();
     if (options.method == Direction::centered_mean) {
       const Eigen::VectorXd g =
           options.unweighted_global_mean ? s.mean_of_class_means() : s.global_mean();
-      dirs.rowwise() -= g.transpose();
+      NC_EXPECTS(C >= 2, "centered_mean needs at least 2 classes, got num_classes = " << C);
+      for (Index c = 0; c < C; ++c) {
+        // A class mean within rounding of the global mean has no direction.
+        const double scale = dirs.row(c).norm() + g.norm();
+        dirs.row(c) -= g.transpose();
+        if (dirs.row(c).norm() <= 64 * std::numeric_limits<double>::epsilon() * scale) dirs.row(c).setZero();
+      }
     } else {
       NC_EXPECTS(options.method == Direction::mean, "unknown Direction value " << int(options.method));
     }

@@ -37,9 +37,11 @@ struct StatsOptions {
 namespace detail {
 /// Rows are centred and multiplied in chunks of this many rows; each chunk's scatter is
 /// formed in the feature precision and added to the double accumulator in chunk order.
-constexpr Index kScatterChunk = 256;
-/// add() processes at most this many rows at a time (bounds the temporary copy).
-constexpr Index kAddBlock = 1 << 15;
+constexpr Index kScatterChunk = 1024;
+/// add() processes at most this many rows at a time (bounds the per-block accumulators).
+constexpr Index kAddBlock = 1 << 13;
+/// Columns per task of the per-class sums (threads split the columns, never the rows).
+constexpr Index kColumnBlock = 64;
 }  // namespace detail
 
 class ClassStats {
@@ -79,7 +81,9 @@ class ClassStats {
     NC_EXPECTS(other.dim() == dim(), "merge: dim differs (" << dim() << " vs " << other.dim() << ")");
     NC_EXPECTS(other.options_.within_scatter == options_.within_scatter,
                "merge: one side accumulates the within-class scatter and the other does not");
-    combine(other.counts_, other.means_, other.sq_dev_, other.has_scatter() ? &other.scatter_ : nullptr);
+    std::vector<Index> classes(num_classes());
+    for (Index c = 0; c < num_classes(); ++c) classes[c] = c;
+    combine(classes, other.counts_, other.means_, other.sq_dev_, other.has_scatter() ? &other.scatter_ : nullptr);
   }
 
   Index num_classes() const { return counts_.size(); }
@@ -140,9 +144,9 @@ class ClassStats {
     Index r = 0;
     for (Index c = 0; c < num_classes(); ++c)
       if (counts_[c] > 0) m.row(r++) = means_.row(c) - g.transpose();
-    MatrixD sb = MatrixD::Zero(dim(), dim());
-    sb.selfadjointView<Eigen::Lower>().rankUpdate(m.transpose(), 1.0 / double(m.rows()));
-    return sb.selfadjointView<Eigen::Lower>();
+    MatrixD sb;
+    detail::eigen_serial([&] { sb.noalias() = m.transpose() * m / double(m.rows()); });
+    return sb;
   }
 
  private:
@@ -150,106 +154,118 @@ class ClassStats {
     NC_EXPECTS(total_count() > 0, what << ": the statistics hold no samples yet");
   }
 
-  // One block of at most kAddBlock validated rows: per-class batch statistics, then a
-  // Chan combination with what is stored.
+  // One block of at most kAddBlock validated rows: per-class statistics of the block, then a
+  // Chan combination with what is stored. Only the classes present in the block are touched.
   template <class T, class L>
   void add_block(const ConstRowsRef<T>& x, const L* y) {
-    const Index n = x.rows(), d = dim(), C = num_classes();
-    // Counting sort of the rows by label: order[start[c] .. start[c+1]) are class c's rows.
-    VectorI64 bcount = VectorI64::Zero(C);
-    for (Index i = 0; i < n; ++i) ++bcount[static_cast<Index>(y[i])];
-    std::vector<Index> start(C + 1, 0);
-    for (Index c = 0; c < C; ++c) start[c + 1] = start[c] + bcount[c];
-    std::vector<Index> order(n), fill(start.begin(), start.end() - 1);
-    for (Index i = 0; i < n; ++i) order[fill[static_cast<Index>(y[i])]++] = i;
-
-    MatrixD bmean = MatrixD::Zero(C, d);
-    Eigen::VectorXd bsq = Eigen::VectorXd::Zero(C);
-    // Rows in class order, centred by their class's batch mean, in the feature precision.
-    Matrix<T> centred;
-    if (has_scatter()) centred.resize(n, d);
-    Eigen::RowVectorXd tmp(d);
-    for (Index c = 0; c < C; ++c) {
-      if (bcount[c] == 0) continue;
-      Eigen::RowVectorXd s = Eigen::RowVectorXd::Zero(d);
-      for (Index k = start[c]; k < start[c + 1]; ++k) s += x.row(order[k]).template cast<double>();
-      bmean.row(c) = s / double(bcount[c]);
-      double sq = 0;
-      for (Index k = start[c]; k < start[c + 1]; ++k) {
-        tmp = x.row(order[k]).template cast<double>() - bmean.row(c);
-        sq += tmp.squaredNorm();
-        if (has_scatter()) centred.row(k) = tmp.template cast<T>();
+    const Index n = x.rows(), d = dim();
+    // Compact slots for the classes present; each class's first row is its shift (shifted sums
+    // keep the one-pass variance free of cancellation: rows sit near their class's first row).
+    std::vector<Index> slot_of(num_classes(), -1), classes;
+    std::vector<Index> slot(n);
+    for (Index i = 0; i < n; ++i) {
+      const Index c = static_cast<Index>(y[i]);
+      if (slot_of[c] < 0) {
+        slot_of[c] = Index(classes.size());
+        classes.push_back(c);
       }
-      bsq[c] = sq;
+      slot[i] = slot_of[c];
     }
-
+    const Index P = Index(classes.size());
+    VectorI64 bcount = VectorI64::Zero(P);
+    MatrixD shift(P, d);
+    for (Index i = n - 1; i >= 0; --i) {  // ends on each class's first row
+      ++bcount[slot[i]];
+      shift.row(slot[i]) = x.row(i).template cast<double>();
+    }
+    // Per (class, column): sum of (x - shift) and of (x - shift)^2. Columns are split into
+    // fixed blocks across threads, so every sum runs in row order whatever the thread count.
+    MatrixD s1 = MatrixD::Zero(P, d), s2 = MatrixD::Zero(P, d);
+    const Index col_blocks = (d + detail::kColumnBlock - 1) / detail::kColumnBlock;
+    detail::parallel_for(col_blocks, options_.threads, [&](Index b) {
+      const Index j0 = b * detail::kColumnBlock, w = std::min(detail::kColumnBlock, d - j0);
+      for (Index i = 0; i < n; ++i) {
+        const T* xr = x.data() + i * x.outerStride() + j0;
+        const double* k = &shift(slot[i], j0);
+        double* a1 = &s1(slot[i], j0);
+        double* a2 = &s2(slot[i], j0);
+        for (Index j = 0; j < w; ++j) {
+          const double v = double(xr[j]) - k[j];
+          a1[j] += v;
+          a2[j] += v * v;
+        }
+      }
+    });
+    MatrixD bmean(P, d);
+    Eigen::VectorXd bsq(P);
+    for (Index p = 0; p < P; ++p) {
+      const double cnt = double(bcount[p]);
+      bmean.row(p) = shift.row(p) + s1.row(p) / cnt;
+      bsq[p] = std::max(0.0, (s2.row(p) - s1.row(p).cwiseAbs2() / cnt).sum());
+    }
     MatrixD bscatter;
-    if (has_scatter()) bscatter = chunked_scatter<T>(centred);
-    combine(bcount, bmean, bsq, has_scatter() ? &bscatter : nullptr);
+    if (has_scatter()) bscatter = chunked_scatter<T>(x, slot, bmean);
+    combine(classes, bcount, bmean, bsq, has_scatter() ? &bscatter : nullptr);
   }
 
-  // sum of r^T r over all rows r of `centred`, each chunk of kScatterChunk rows formed in T and
-  // added to a double accumulator in chunk order (deterministic for any thread count).
+  // sum_i (x_i - m_{slot_i})^T (x_i - m_{slot_i}): rows are centred and multiplied in chunks of
+  // kScatterChunk rows in the feature precision, and the chunks' products are added to a
+  // double accumulator in chunk order (deterministic for any thread count).
   template <class T>
-  MatrixD chunked_scatter(const Matrix<T>& centred) const {
-    const Index n = centred.rows(), d = dim();
+  MatrixD chunked_scatter(const ConstRowsRef<T>& x, const std::vector<Index>& slot, const MatrixD& bmean) const {
+    const Index n = x.rows(), d = dim();
     const Index chunks = (n + detail::kScatterChunk - 1) / detail::kScatterChunk;
-    const int threads = std::max<int>(1, std::min<Index>(detail::resolve_threads(options_.threads), chunks));
+    const int threads = static_cast<int>(std::min<Index>(detail::resolve_threads(options_.threads), chunks));
     MatrixD acc = MatrixD::Zero(d, d);
     std::vector<Matrix<T>> part(threads, Matrix<T>(d, d));
+    std::vector<Matrix<T>> centred(threads, Matrix<T>(detail::kScatterChunk, d));
     for (Index base = 0; base < chunks; base += threads) {
       const int active = static_cast<int>(std::min<Index>(threads, chunks - base));
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(active) schedule(static, 1)
-#endif
-      for (int t = 0; t < active; ++t) {
+      detail::parallel_for(active, active, [&](Index t) {
         const Index r0 = (base + t) * detail::kScatterChunk;
         const Index m = std::min(detail::kScatterChunk, n - r0);
-        part[t].setZero();
-        part[t].template selfadjointView<Eigen::Lower>().rankUpdate(
-            centred.middleRows(r0, m).transpose());
-      }
-      for (int t = 0; t < active; ++t)
-        acc.template triangularView<Eigen::Lower>() += part[t].template cast<double>();
+        for (Index k = 0; k < m; ++k)
+          centred[t].row(k) = (x.row(r0 + k).template cast<double>() - bmean.row(slot[r0 + k])).template cast<T>();
+        const auto rows = centred[t].topRows(m);
+        part[t].noalias() = rows.transpose() * rows;
+      });
+      for (int t = 0; t < active; ++t) acc += part[t].template cast<double>();
     }
-    return acc.selfadjointView<Eigen::Lower>();
+    return acc;
   }
 
-  // Chan et al. combination of (counts, means, sq_dev, scatter) of another disjoint set.
-  void combine(const VectorI64& bcount, const MatrixD& bmean, const Eigen::VectorXd& bsq,
-               const MatrixD* bscatter) {
-    const Index C = num_classes();
-    // Rows sqrt(n_a n_b / n) * (mu_b - mu_a) of the classes both sides have: the scatter
-    // between the two sides' class means, added as one rank update.
+  // Chan et al. combination of another disjoint set's statistics for `classes`
+  // (row p of bmean / entry p of bcount, bsq belongs to class classes[p]).
+  void combine(const std::vector<Index>& classes, const VectorI64& bcount, const MatrixD& bmean,
+               const Eigen::VectorXd& bsq, const MatrixD* bscatter) {
+    // Rows sqrt(n_a n_b / n) (mu_b - mu_a) of the classes both sides hold: the scatter between
+    // the two sides' class means, added as one rank update.
     std::vector<Index> both;
-    for (Index c = 0; c < C; ++c)
-      if (bcount[c] > 0 && counts_[c] > 0) both.push_back(c);
+    for (std::size_t p = 0; p < classes.size(); ++p)
+      if (bcount[p] > 0 && counts_[classes[p]] > 0) both.push_back(Index(p));
     MatrixD between(both.size(), dim());
     for (std::size_t k = 0; k < both.size(); ++k) {
-      const Index c = both[k];
-      const double na = double(counts_[c]), nb = double(bcount[c]);
-      between.row(k) = std::sqrt(na * nb / (na + nb)) * (bmean.row(c) - means_.row(c));
+      const Index p = both[k], c = classes[p];
+      const double na = double(counts_[c]), nb = double(bcount[p]);
+      between.row(k) = std::sqrt(na * nb / (na + nb)) * (bmean.row(p) - means_.row(c));
     }
-    for (Index c = 0; c < C; ++c) {
-      if (bcount[c] == 0) continue;
-      const double na = double(counts_[c]), nb = double(bcount[c]), tot = na + nb;
+    for (std::size_t p = 0; p < classes.size(); ++p) {
+      const Index c = classes[p];
+      if (bcount[p] == 0) continue;
+      const double na = double(counts_[c]), nb = double(bcount[p]), tot = na + nb;
       if (counts_[c] == 0) {
-        means_.row(c) = bmean.row(c);
-        sq_dev_[c] = bsq[c];
+        means_.row(c) = bmean.row(p);
+        sq_dev_[c] = bsq[p];
       } else {
-        const Eigen::RowVectorXd delta = bmean.row(c) - means_.row(c);
-        sq_dev_[c] += bsq[c] + delta.squaredNorm() * na * nb / tot;
+        const Eigen::RowVectorXd delta = bmean.row(p) - means_.row(c);
+        sq_dev_[c] += bsq[p] + delta.squaredNorm() * na * nb / tot;
         means_.row(c) += delta * (nb / tot);
       }
-      counts_[c] += bcount[c];
+      counts_[c] += bcount[p];
     }
     if (bscatter) {
       scatter_ += *bscatter;
-      if (!both.empty()) {
-        MatrixD corr = MatrixD::Zero(dim(), dim());
-        corr.selfadjointView<Eigen::Lower>().rankUpdate(between.transpose());
-        scatter_ += MatrixD(corr.selfadjointView<Eigen::Lower>());
-      }
+      if (!both.empty()) detail::eigen_serial([&] { scatter_.noalias() += between.transpose() * between; });
     }
   }
 
