@@ -40,8 +40,6 @@ namespace detail {
 constexpr Index kScatterChunk = 1024;
 /// add() processes at most this many rows at a time (bounds the per-block accumulators).
 constexpr Index kAddBlock = 1 << 13;
-/// Columns per task of the per-class sums (threads split the columns, never the rows).
-constexpr Index kColumnBlock = 64;
 }  // namespace detail
 
 class ClassStats {
@@ -159,8 +157,8 @@ class ClassStats {
   template <class T, class L>
   void add_block(const ConstRowsRef<T>& x, const L* y) {
     const Index n = x.rows(), d = dim();
-    // Compact slots for the classes present; each class's first row is its shift (shifted sums
-    // keep the one-pass variance free of cancellation: rows sit near their class's first row).
+    // Compact slots for the classes present, and the block's rows grouped by slot (a counting
+    // sort that keeps each class's rows in their original order).
     std::vector<Index> slot_of(num_classes(), -1), classes;
     std::vector<Index> slot(n);
     for (Index i = 0; i < n; ++i) {
@@ -172,37 +170,38 @@ class ClassStats {
       slot[i] = slot_of[c];
     }
     const Index P = Index(classes.size());
-    VectorI64 bcount = VectorI64::Zero(P);
-    MatrixD shift(P, d);
-    for (Index i = n - 1; i >= 0; --i) {  // ends on each class's first row
-      ++bcount[slot[i]];
-      shift.row(slot[i]) = x.row(i).template cast<double>();
+    std::vector<Index> start(P + 1, 0), order(n);
+    for (Index i = 0; i < n; ++i) ++start[slot[i] + 1];
+    for (Index p = 0; p < P; ++p) start[p + 1] += start[p];
+    {
+      std::vector<Index> fill(start.begin(), start.end() - 1);
+      for (Index i = 0; i < n; ++i) order[fill[slot[i]]++] = i;
     }
-    // Per (class, column): sum of (x - shift) and of (x - shift)^2. Columns are split into
-    // fixed blocks across threads, so every sum runs in row order whatever the thread count.
-    MatrixD s1 = MatrixD::Zero(P, d), s2 = MatrixD::Zero(P, d);
-    const Index col_blocks = (d + detail::kColumnBlock - 1) / detail::kColumnBlock;
-    detail::parallel_for(col_blocks, options_.threads, [&](Index b) {
-      const Index j0 = b * detail::kColumnBlock, w = std::min(detail::kColumnBlock, d - j0);
-      for (Index i = 0; i < n; ++i) {
-        const T* xr = x.data() + i * x.outerStride() + j0;
-        const double* k = &shift(slot[i], j0);
-        double* a1 = &s1(slot[i], j0);
-        double* a2 = &s2(slot[i], j0);
-        for (Index j = 0; j < w; ++j) {
-          const double v = double(xr[j]) - k[j];
+    VectorI64 bcount(P);
+    MatrixD bmean(P, d);
+    Eigen::VectorXd bsq(P);
+    // One pass per class with shifted sums: s1 = sum (x - k), s2 = sum (x - k)^2 with k the
+    // class's first row, so the variance has no cancellation (rows sit near k); each class's
+    // sums run in row order on one thread, whatever the thread count.
+    detail::parallel_for(P, options_.threads, [&](Index p) {
+      Eigen::RowVectorXd k = x.row(order[start[p]]).template cast<double>();
+      Eigen::RowVectorXd s1 = Eigen::RowVectorXd::Zero(d), s2 = Eigen::RowVectorXd::Zero(d);
+      const double* __restrict kp = k.data();
+      double* __restrict a1 = s1.data();
+      double* __restrict a2 = s2.data();
+      for (Index r = start[p]; r < start[p + 1]; ++r) {
+        const T* __restrict xr = x.data() + order[r] * x.outerStride();
+        for (Index j = 0; j < d; ++j) {
+          const double v = double(xr[j]) - kp[j];
           a1[j] += v;
           a2[j] += v * v;
         }
       }
+      const double cnt = double(start[p + 1] - start[p]);
+      bcount[p] = start[p + 1] - start[p];
+      bmean.row(p) = k + s1 / cnt;
+      bsq[p] = std::max(0.0, (s2 - s1.cwiseAbs2() / cnt).sum());
     });
-    MatrixD bmean(P, d);
-    Eigen::VectorXd bsq(P);
-    for (Index p = 0; p < P; ++p) {
-      const double cnt = double(bcount[p]);
-      bmean.row(p) = shift.row(p) + s1.row(p) / cnt;
-      bsq[p] = std::max(0.0, (s2.row(p) - s1.row(p).cwiseAbs2() / cnt).sum());
-    }
     MatrixD bscatter;
     if (has_scatter()) bscatter = chunked_scatter<T>(x, slot, bmean);
     combine(classes, bcount, bmean, bsq, has_scatter() ? &bscatter : nullptr);

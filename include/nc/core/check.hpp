@@ -18,7 +18,10 @@ template <class D>
 void check_features(const Eigen::MatrixBase<D>& x, const char* name) {
   NC_EXPECTS(x.rows() > 0 && x.cols() > 0,
              name << " is empty (" << x.rows() << " x " << x.cols() << ")");
+  using T = typename D::Scalar;
   for (Index i = 0; i < x.rows(); ++i) {
+    // 0 * v is 0 for finite v and NaN for NaN or +-Inf: one vectorized reduction per row.
+    if (std::isfinite((x.row(i).array() * T(0)).sum())) continue;
     for (Index j = 0; j < x.cols(); ++j) {
       const auto v = x(i, j);
       NC_EXPECTS(std::isfinite(static_cast<double>(v)),

@@ -128,6 +128,7 @@ struct CentredMeans {
   std::vector<Index> classes;  // [C'] class ids with n_c > 0
   MatrixD mt;                  // [C', D] mu_c - mu_G
   Eigen::VectorXd global;      // [D] mu_G
+  double means_norm = 0;       // ||[mu_c]||_F over the C' classes, before centring
 };
 
 inline void check_stats_finite(const ClassStats& s) {
@@ -161,7 +162,9 @@ inline CentredMeans centred_means(const ClassStats& s, bool unweighted) {
     if (s.counts()[c] == 0) continue;
     cm.mt.row(Index(cm.classes.size())) = s.means().row(c) - cm.global.transpose();
     cm.classes.push_back(c);
+    cm.means_norm += s.means().row(c).squaredNorm();
   }
+  cm.means_norm = std::sqrt(cm.means_norm);
   return cm;
 }
 
@@ -172,7 +175,12 @@ struct Projection {
   double tolerance = 0;
 };
 
-inline Projection projection(const MatrixD& mt, double rank_tol) {
+/// The default tolerance scales with the larger of s_max and ||[mu_c]||_F: M~ is computed
+/// from the uncentred means, so its entries carry rounding errors of order eps * |mu_c|, and
+/// with a large common offset the singular value that centring removes (zero in exact
+/// arithmetic) sits at that level, far above eps * s_max.
+inline Projection projection(const CentredMeans& cm, double rank_tol) {
+  const MatrixD& mt = cm.mt;
   const Index k = mt.rows(), d = mt.cols();
   Eigen::BDCSVD<MatrixD> svd(mt, Eigen::ComputeThinV);
   const Eigen::VectorXd& s = svd.singularValues();
@@ -180,7 +188,8 @@ inline Projection projection(const MatrixD& mt, double rank_tol) {
   NC_EXPECTS(s_max > 0, "all " << k << " class means coincide: Sigma_B = 0 and NC1 is undefined");
   Projection p;
   p.tolerance = rank_tol >= 0 ? rank_tol
-                              : double(std::max(k, d)) * std::numeric_limits<double>::epsilon() * s_max;
+                              : double(std::max(k, d)) * std::numeric_limits<double>::epsilon() *
+                                    std::max(s_max, cm.means_norm);
   while (p.rank < s.size() && s[p.rank] > p.tolerance) ++p.rank;
   NC_EXPECTS(p.rank > 0, "rank_tol = " << rank_tol << " is at or above the largest singular value "
                                        << s_max << " of the centred class means");
@@ -222,7 +231,7 @@ inline NC1Result nc1_exact(const MatrixD& sw, const MatrixD& mt, double rank_tol
 
 inline NC1Result nc1_from_stats(const CentredMeans& cm, const MatrixD& sw, const NC1Options& o) {
   if (o.path == NC1Options::Path::exact) return nc1_exact(sw, cm.mt, o.rank_tol);
-  const Projection p = projection(cm.mt, o.rank_tol);
+  const Projection p = projection(cm, o.rank_tol);
   const MatrixD swa = sw * p.a;
   NC1Result r;
   r.value = (p.a.array() * swa.array()).sum();
@@ -326,7 +335,7 @@ inline NCReport nc_report(const ClassStats& stats, const MatrixD* w, const NCOpt
     r.nc1 = n1.value;
     r.rank = n1.rank;
   } else {
-    r.rank = projection(cm.mt, o.rank_tol).rank;
+    r.rank = projection(cm, o.rank_tol).rank;
   }
 
   if (w) {
@@ -448,7 +457,7 @@ NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassSta
                "labels hold " << counts[c] << " samples of class " << c << " but stats hold "
                               << stats.counts()[c] << ": pass the data the statistics were built from");
   const CentredMeans cm = centred_means(stats, o.unweighted_global_mean);
-  const Projection p = projection(cm.mt, o.rank_tol);
+  const Projection p = projection(cm, o.rank_tol);
   const Matrix<T> a = p.a.template cast<T>();
   const MatrixD& mu = stats.means();
 

@@ -78,6 +78,13 @@ inline Operand make_operand(const MatrixF& rows, Index real_rows, bool as_lhs, b
   return op;
 }
 
+/// -||q - g||^2 from the dot product and the squared norms. 2 * dot is exact, so a fused
+/// multiply-add gives the same value; the sum of the norms is commutative, so the score is
+/// symmetric. Clamped at 0 against rounding below zero.
+inline float l2_score(float dot, float q_sq_norm, float g_sq_norm) {
+  return 0.0f - std::max((q_sq_norm + g_sq_norm) - 2.0f * dot, 0.0f);
+}
+
 struct EngineOptions {
   int threads = 0;
   Index row_tile = 0;  ///< query rows per tile (multiple of kRowAlign)
@@ -143,7 +150,7 @@ void run(const Operand& rows, const Operand* cols, Sink& sink, const EngineOptio
     const Index I = tasks[t].first, J = tasks[t].second;
     const Index r0 = I * rt, c0 = J * ct;
     const Index m = std::min(rt, rows.padded_rows - r0), n = std::min(ct, g.padded_rows - c0);
-    const Index mr = std::max<Index>(0, std::min(m, rows.rows - r0));
+    const Index mrows = std::max<Index>(0, std::min(m, rows.rows - r0));
     const Index ncols = std::max<Index>(0, std::min(n, g.rows - c0));
     float* c = tile.data();
     tile_product(rows.packed, r0, m, g.packed, c0, n, c, m);
@@ -152,11 +159,11 @@ void run(const Operand& rows, const Operand* cols, Sink& sink, const EngineOptio
       for (Index b = 0; b < ncols; ++b) {
         const float gn = g.sq_norms[c0 + b];
         float* col = c + b * m;
-        for (Index a = 0; a < mr; ++a) col[a] = 0.0f - std::max((qn[a] + gn) - 2.0f * col[a], 0.0f);
+        for (Index a = 0; a < mrows; ++a) col[a] = l2_score(col[a], qn[a], gn);
       }
     }
     if (opt.exclude_self) {
-      for (Index i = std::max(r0, c0); i < std::min(r0 + mr, c0 + ncols); ++i)
+      for (Index i = std::max(r0, c0); i < std::min(r0 + mrows, c0 + ncols); ++i)
         c[(i - r0) + (i - c0) * m] = nan;
     }
     const bool both = symmetric && I != J;
@@ -168,7 +175,7 @@ void run(const Operand& rows, const Operand* cols, Sink& sink, const EngineOptio
         const float* col = c + b * m;
         const Index gb = c0 + b;
         scan_column(
-            col, thr + r0, mr, both, both ? thr[gb] : 0.0f,
+            col, thr + r0, mrows, both, both ? thr[gb] : 0.0f,
             [&](Index a) { sink.accept(r0 + a, gb, col[a]); },
             [&](Index a) { sink.accept(gb, r0 + a, col[a]); });
       }
