@@ -83,33 +83,34 @@ MatrixD gram_of_rows(const Matrix<T>& a) {
   return acc;
 }
 
-/// First right singular vector of the rows `e` [n, D] (uncentred), signed towards their mean.
-template <class T>
-Eigen::VectorXd uncentred_pc1(const Matrix<T>& e) {
-  const Index n = e.rows(), d = e.cols();
-  const Eigen::VectorXd mean = e.template cast<double>().colwise().mean().transpose();
-  Eigen::VectorXd v;
-  if (n == 1) {
-    v = e.row(0).template cast<double>().transpose();
-  } else if (n < d) {
-    // Through the n x n Gram matrix: E E^T u = s^2 u  =>  v = E^T u / s.
-    const MatrixD ed = e.template cast<double>();
-    const MatrixD g = ed * ed.transpose();
-    const Eigen::VectorXd u = top_eigenvector(g, ed * mean);
-    v = ed.transpose() * u;
-  } else {
-    v = top_eigenvector(gram_of_rows(e), mean);
-  }
+/// `v` normalized and signed so that v . mean >= 0 (ties: largest-magnitude component
+/// positive); zero when v is zero.
+inline Eigen::VectorXd signed_unit(Eigen::VectorXd v, const Eigen::VectorXd& mean) {
   const double norm = v.norm();
-  if (!(norm > 0)) return Eigen::VectorXd::Zero(d);
+  if (!(norm > 0)) return Eigen::VectorXd::Zero(v.size());
   v /= norm;
   double side = v.dot(mean);
-  if (side == 0) {  // no preferred side: make the largest-magnitude component positive
+  if (side == 0) {
     Index k;
     v.cwiseAbs().maxCoeff(&k);
     side = v[k];
   }
   return side < 0 ? Eigen::VectorXd(-v) : v;
+}
+
+/// First right singular vector of the rows `e` [n, D] (uncentred), signed towards their mean.
+template <class T>
+Eigen::VectorXd uncentred_pc1(const Matrix<T>& e) {
+  const Index n = e.rows(), d = e.cols();
+  const Eigen::VectorXd mean = e.template cast<double>().colwise().mean().transpose();
+  if (n == 1) return signed_unit(e.row(0).template cast<double>().transpose(), mean);
+  if (n < d) {
+    // Through the n x n Gram matrix: E E^T u = s^2 u  =>  v = E^T u / s.
+    const MatrixD ed = e.template cast<double>();
+    const MatrixD g = ed * ed.transpose();
+    return signed_unit(ed.transpose() * top_eigenvector(g, ed * mean), mean);
+  }
+  return signed_unit(top_eigenvector(gram_of_rows(e), mean), mean);
 }
 
 template <class L>
@@ -132,6 +133,33 @@ std::vector<Index> empty_classes(LabelView<L> y, Index num_classes, std::vector<
 
 inline void throw_zero_directions(const std::vector<Index>& zero, const char* why) {
   NC_FAIL("no direction is defined for class(es) " << join_indices(zero) << ": " << why);
+}
+
+/// Direction::mean / centered_mean rows [C, D] from class statistics (every class non-empty).
+/// Throws when a direction has zero length.
+inline MatrixD mean_directions(const ClassStats& s, const DirectionOptions& options) {
+  const Index C = s.num_classes();
+  MatrixD dirs = s.means();
+  Eigen::VectorXd g = Eigen::VectorXd::Zero(s.dim());
+  if (options.method == Direction::centered_mean) {
+    NC_EXPECTS(C >= 2, "centered_mean needs at least 2 classes, got num_classes = " << C);
+    g = options.unweighted_global_mean ? s.mean_of_class_means() : s.global_mean();
+  } else {
+    NC_EXPECTS(options.method == Direction::mean, "unknown Direction value " << int(options.method));
+  }
+  std::vector<Index> zero;
+  for (Index c = 0; c < C; ++c) {
+    // A row within rounding of zero (a class mean at the global mean) has no direction.
+    const double scale = dirs.row(c).norm() + g.norm();
+    dirs.row(c) -= g.transpose();
+    const double n = dirs.row(c).norm();
+    if (n > 64 * std::numeric_limits<double>::epsilon() * scale) dirs.row(c) /= n;
+    else zero.push_back(c);
+  }
+  if (!zero.empty())
+    throw_zero_directions(zero, options.method == Direction::centered_mean ? "the class mean equals the global mean"
+                                                                           : "the class mean is zero");
+  return dirs;
 }
 
 }  // namespace detail
@@ -162,33 +190,12 @@ Matrix<typename D::Scalar> nc_directions(const Eigen::MatrixBase<D>& features, c
       dirs.row(c) = detail::uncentred_pc1(e).transpose();
     });
   } else {
-    const ClassStats s = class_stats(x, labels, C, StatsOptions{false, options.threads});
-    dirs = s.means();
-    if (options.method == Direction::centered_mean) {
-      const Eigen::VectorXd g =
-          options.unweighted_global_mean ? s.mean_of_class_means() : s.global_mean();
-      NC_EXPECTS(C >= 2, "centered_mean needs at least 2 classes, got num_classes = " << C);
-      for (Index c = 0; c < C; ++c) {
-        // A class mean within rounding of the global mean has no direction.
-        const double scale = dirs.row(c).norm() + g.norm();
-        dirs.row(c) -= g.transpose();
-        if (dirs.row(c).norm() <= 64 * std::numeric_limits<double>::epsilon() * scale) dirs.row(c).setZero();
-      }
-    } else {
-      NC_EXPECTS(options.method == Direction::mean, "unknown Direction value " << int(options.method));
-    }
-    for (Index c = 0; c < C; ++c) {
-      const double n = dirs.row(c).norm();
-      if (n > 0) dirs.row(c) /= n;
-    }
+    dirs = detail::mean_directions(class_stats(x, labels, C, StatsOptions{false, options.threads}), options);
   }
   std::vector<Index> zero;
   for (Index c = 0; c < C; ++c)
     if (!(dirs.row(c).squaredNorm() > 0)) zero.push_back(c);
-  if (!zero.empty())
-    detail::throw_zero_directions(zero, options.method == Direction::centered_mean
-                                            ? "the class mean equals the global mean"
-                                            : "all of the class's rows are zero");
+  if (!zero.empty()) detail::throw_zero_directions(zero, "all of the class's rows are zero");
   return dirs.template cast<T>();
 }
 

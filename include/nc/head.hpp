@@ -129,6 +129,16 @@ inline MatrixD data_free_head(Index C, Index d, const HeadOptions& o) {
   }
 }
 
+/// The simplex ETF [C, D] rotated to best match the unit directions `v` [C, D]:
+/// max_U tr(E U^T V^T) over U^T U = I is U = P Q^T for the SVD V^T E = P S Q^T.
+inline MatrixD align_etf(const MatrixD& v, Index d) {
+  const Index C = v.rows();
+  check_etf_shape(C, d, HeadInit::aligned_etf);
+  const MatrixD e = simplex_coordinates(C);
+  Eigen::BDCSVD<Eigen::MatrixXd> svd(Eigen::MatrixXd(v.transpose() * e), Eigen::ComputeThinU | Eigen::ComputeThinV);
+  return e * (svd.matrixU() * svd.matrixV().transpose()).transpose();
+}
+
 inline void check_head_options(const HeadOptions& o) {
   NC_EXPECTS(std::isfinite(o.scale) && o.scale > 0, "scale must be positive and finite, got " << o.scale);
 }
@@ -170,16 +180,10 @@ MatrixF init_head(const Eigen::MatrixBase<D>& features, const Labels& labels, He
                                                              : Direction::centered_mean;
       w = nc_directions(x, labels, dopt).template cast<double>();
       break;
-    case HeadInit::aligned_etf: {
+    case HeadInit::aligned_etf:
       detail::check_etf_shape(C, d, options.method);
-      const MatrixD v = nc_directions(x, labels, dopt).template cast<double>();
-      const MatrixD e = detail::simplex_coordinates(C);
-      // max_U tr(E U^T V^T) over U^T U = I: U = P Q^T for the SVD V^T E = P S Q^T.
-      Eigen::BDCSVD<Eigen::MatrixXd> svd(Eigen::MatrixXd(v.transpose() * e),
-                                            Eigen::ComputeThinU | Eigen::ComputeThinV);
-      w = e * (svd.matrixU() * svd.matrixV().transpose()).transpose();
+      w = detail::align_etf(nc_directions(x, labels, dopt).template cast<double>(), d);
       break;
-    }
     default:
       w = detail::data_free_head(C, d, options);
   }

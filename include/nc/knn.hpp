@@ -111,7 +111,7 @@ inline EngineOptions engine_options(Similarity sim, bool exclude_self, int threa
   return e;
 }
 
-template <class I, class TQ, class TG>
+template <class P, class TQ, class TG>
 KnnResult knn_impl(const ConstRowsRef<TQ>& q, const ConstRowsRef<TG>& g, Index k,
                    const KnnOptions& o) {
   const bool normalize = o.similarity == Similarity::cosine;
@@ -120,10 +120,10 @@ KnnResult knn_impl(const ConstRowsRef<TQ>& q, const ConstRowsRef<TG>& g, Index k
   Operand qop, gop;
   {
     const MatrixF qf = padded_rows(q, normalize);
-    qop = make_operand(qf, q.rows(), true, symmetric, l2);
+    qop = make_operand(qf, q.rows(), symmetric, true, l2);
     if (!symmetric) {
       const MatrixF gf = padded_rows(g, normalize);
-      gop = make_operand(gf, g.rows(), false, true, l2);
+      gop = make_operand(gf, g.rows(), true, false, l2);
     }
   }
   // Symmetric tiles are square: the query tile size (or the gallery one if only it is set).
@@ -132,7 +132,7 @@ KnnResult knn_impl(const ConstRowsRef<TQ>& q, const ConstRowsRef<TG>& g, Index k
       o.similarity, o.exclude_self, o.threads, symmetric ? tile : o.query_tile,
       o.gallery_tile, qop.padded_rows, symmetric ? qop.padded_rows : gop.padded_rows,
       &o.progress);
-  TopK<I> top(q.rows(), k);
+  TopK<P> top(q.rows(), k);
   run(qop, symmetric ? nullptr : &gop, top, e);
 
   KnnResult r;
@@ -181,8 +181,8 @@ KnnResult knn(const Eigen::MatrixBase<DQ>& queries, const Eigen::MatrixBase<DG>&
                                     << " rows" << (options.exclude_self ? " besides the query" : "")
                                     << ")");
   if (g.rows() < static_cast<Index>(std::numeric_limits<uint32_t>::max()))
-    return detail::knn::knn_impl<uint32_t>(q, g, k, options);
-  return detail::knn::knn_impl<uint64_t>(q, g, k, options);
+    return detail::knn::knn_impl<detail::knn::Packed32>(q, g, k, options);
+  return detail::knn::knn_impl<detail::knn::Wide>(q, g, k, options);
 }
 
 }  // namespace nc

@@ -84,12 +84,43 @@ class ClassStats {
     combine(classes, other.counts_, other.means_, other.sq_dev_, other.has_scatter() ? &other.scatter_ : nullptr);
   }
 
+  /// Rebuilds statistics from their parts (as returned by the accessors): counts [C],
+  /// means [C, D], per-class squared deviations [C], and, when options.within_scatter, the
+  /// pooled scatter [D, D]. Used to move statistics between processes or to disk.
+  static ClassStats from_parts(const VectorI64& counts, const MatrixD& means, const Eigen::VectorXd& sq_deviations,
+                               const MatrixD& scatter = MatrixD(), StatsOptions options = {}) {
+    const Index C = counts.size(), d = means.cols();
+    NC_EXPECTS(means.rows() == C, "means has " << means.rows() << " rows, expected one per class (" << C << ")");
+    NC_EXPECTS(sq_deviations.size() == C,
+               "sq_deviations has " << sq_deviations.size() << " entries, expected " << C);
+    ClassStats s(C, d, options);
+    for (Index c = 0; c < C; ++c) {
+      NC_EXPECTS(counts[c] >= 0, "counts has a negative count " << counts[c] << " for class " << c);
+      NC_EXPECTS(counts[c] > 0 || (means.row(c).squaredNorm() == 0 && sq_deviations[c] == 0),
+                 "class " << c << " has no samples but a nonzero mean or deviation");
+      NC_EXPECTS(std::isfinite(sq_deviations[c]) && sq_deviations[c] >= 0,
+                 "sq_deviations has an invalid value " << sq_deviations[c] << " for class " << c);
+    }
+    detail::check_features(means, "means");
+    if (options.within_scatter) {
+      NC_EXPECTS(scatter.rows() == d && scatter.cols() == d,
+                 "scatter is " << scatter.rows() << " x " << scatter.cols() << ", expected " << d << " x " << d);
+      detail::check_features(scatter, "scatter");
+      s.scatter_ = scatter;
+    }
+    s.counts_ = counts;
+    s.means_ = means;
+    s.sq_dev_ = sq_deviations;
+    return s;
+  }
+
   Index num_classes() const { return counts_.size(); }
   Index dim() const { return means_.cols(); }
   Index total_count() const { return counts_.sum(); }
   bool has_scatter() const { return options_.within_scatter; }
   /// Number of classes with at least one sample.
   Index num_nonempty_classes() const { return (counts_.array() > 0).count(); }
+  const StatsOptions& options() const { return options_; }
 
   /// Samples per class [C].
   const VectorI64& counts() const { return counts_; }

@@ -25,9 +25,9 @@ Eigen::VectorXd svd_pc1(const MatrixD& x, const std::vector<int>& y, int c) {
   return v;
 }
 
+// Angle between a and b, accurate for tiny angles (acos is not: 1.5e-8 resolution).
 double angle(const Eigen::VectorXd& a, const Eigen::VectorXd& b) {
-  const double c = a.normalized().dot(b.normalized());
-  return std::acos(std::min(1.0, std::max(-1.0, c)));
+  return 2 * std::asin(std::min(1.0, (a.normalized() - b.normalized()).norm() / 2));
 }
 }  // namespace
 

@@ -120,8 +120,11 @@ struct NC4Options {
 
 namespace detail {
 
-/// Rows of samples per block of the data passes (NC1 from data, NC4).
+/// Rows of samples per product in the data passes (NC1 from data, NC4), and blocks per
+/// parallel task (buffers are allocated once per task). Block boundaries do not depend on
+/// the thread count, so neither do the results.
 constexpr Index kNCBlock = 512;
+constexpr Index kNCTask = 8;
 
 /// The classes with samples, their means centred at mu_G, and mu_G.
 struct CentredMeans {
@@ -191,8 +194,12 @@ inline Projection projection(const CentredMeans& cm, double rank_tol) {
                               : double(std::max(k, d)) * std::numeric_limits<double>::epsilon() *
                                     std::max(s_max, cm.means_norm);
   while (p.rank < s.size() && s[p.rank] > p.tolerance) ++p.rank;
-  NC_EXPECTS(p.rank > 0, "rank_tol = " << rank_tol << " is at or above the largest singular value "
-                                       << s_max << " of the centred class means");
+  if (p.rank == 0 && rank_tol >= 0)
+    NC_FAIL("rank_tol = " << rank_tol << " is at or above the largest singular value " << s_max
+                          << " of the centred class means");
+  NC_EXPECTS(p.rank > 0, "all " << k << " class means coincide up to rounding (largest singular value "
+                                << s_max << " of the centred means, tolerance " << p.tolerance
+                                << "): NC1 is undefined");
   p.a = svd.matrixV().leftCols(p.rank) * s.head(p.rank).cwiseInverse().asDiagonal();
   return p;
 }
@@ -220,7 +227,11 @@ inline NC1Result nc1_exact(const MatrixD& sw, const MatrixD& mt, double rank_tol
   r.num_classes_used = k;
   r.tolerance = std::sqrt(double(k) * l_tol);
   while (r.rank < d && lambda[d - 1 - r.rank] > l_tol) ++r.rank;
-  NC_EXPECTS(r.rank > 0, "rank_tol = " << rank_tol << " leaves no eigenvalue of Sigma_B");
+  if (r.rank == 0 && rank_tol >= 0)
+    NC_FAIL("rank_tol = " << rank_tol << " is at or above the largest singular value "
+                          << std::sqrt(double(k) * l_max) << " of the centred class means");
+  NC_EXPECTS(r.rank > 0, "all " << k << " class means coincide up to rounding (largest eigenvalue "
+                                << l_max << " of Sigma_B, tolerance " << l_tol << "): NC1 is undefined");
   const MatrixD v = es.eigenvectors().rightCols(r.rank);
   const MatrixD swv = sw * v;
   double acc = 0;
@@ -389,48 +400,42 @@ double nc4_impl(const ConstRowsRef<T>& x, LabelView<L> y, const ClassStats& stat
     }
   const Eigen::RowVectorXd b = bias ? Eigen::RowVectorXd(bias->transpose()) : Eigen::RowVectorXd::Zero(C);
 
-  const Index blocks = (n + kNCBlock - 1) / kNCBlock;
-  const int threads = std::max<int>(1, int(std::min<Index>(resolve_threads(o.threads), blocks)));
-  std::vector<std::vector<int64_t>> miss(threads, std::vector<int64_t>(num_labels, 0));
-  std::vector<std::vector<int64_t>> seen(threads, std::vector<int64_t>(num_labels, 0));
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(threads) schedule(static)
-#endif
-  for (Index blk = 0; blk < blocks; ++blk) {
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num();
-#else
-    const int t = 0;
-#endif
-    const Index r0 = blk * kNCBlock, m = std::min(kNCBlock, n - r0);
-    MatrixD h = x.middleRows(r0, m).template cast<double>();
-    MatrixD logits(m, C), ncc(m, k);
-    if (cosine) {
-      ncc.noalias() = h * ncc_t;
-      for (Index i = 0; i < m; ++i) {
-        const double nh = h.row(i).norm();
-        if (nh > 0) h.row(i) /= nh;
+  // Blocks of rows in fixed positions, grouped into tasks that share buffers; every row's
+  // verdict is written to its own slot and counted serially afterwards.
+  std::vector<char> miss(n, 0);
+  const Index blocks = (n + kNCBlock - 1) / kNCBlock, tasks = (blocks + kNCTask - 1) / kNCTask;
+  parallel_for(tasks, o.threads, [&](Index task) {
+    MatrixD h(kNCBlock, d), logits(kNCBlock, C), ncc(kNCBlock, k);
+    for (Index blk = task * kNCTask; blk < std::min(blocks, (task + 1) * kNCTask); ++blk) {
+      const Index r0 = blk * kNCBlock, m = std::min(kNCBlock, n - r0);
+      auto hb = h.topRows(m);
+      auto lb = logits.topRows(m);
+      auto nb = ncc.topRows(m);
+      hb = x.middleRows(r0, m).template cast<double>();
+      if (cosine) {
+        nb.noalias() = hb * ncc_t;
+        for (Index i = 0; i < m; ++i) {
+          const double nh = hb.row(i).norm();
+          if (nh > 0) hb.row(i) /= nh;
+        }
+        lb.noalias() = hb * w_t;
+      } else {
+        lb.noalias() = hb * w_t;
+        hb.rowwise() -= cm.global.transpose();
+        nb.noalias() = hb * ncc_t;
+        nb.rowwise() += ncc_e;
       }
-      logits.noalias() = h * w_t;
-    } else {
-      logits.noalias() = h * w_t;
-      h.rowwise() -= cm.global.transpose();
-      ncc.noalias() = h * ncc_t;
-      ncc.rowwise() += ncc_e;
+      lb.rowwise() += b;
+      for (Index i = 0; i < m; ++i)
+        miss[r0 + i] = row_argmax(lb, i) != cm.classes[row_argmax(nb, i)];
     }
-    logits.rowwise() += b;
-    for (Index i = 0; i < m; ++i) {
-      const Index label = static_cast<Index>(y[r0 + i]);
-      ++seen[t][label];
-      if (row_argmax(logits, i) != cm.classes[row_argmax(ncc, i)]) ++miss[t][label];
-    }
-  }
+  });
   std::vector<int64_t> miss_c(num_labels, 0), seen_c(num_labels, 0);
-  for (int t = 0; t < threads; ++t)
-    for (Index c = 0; c < num_labels; ++c) {
-      miss_c[c] += miss[t][c];
-      seen_c[c] += seen[t][c];
-    }
+  for (Index i = 0; i < n; ++i) {
+    const Index label = static_cast<Index>(y[i]);
+    ++seen_c[label];
+    miss_c[label] += miss[i];
+  }
   if (!o.per_class_average) {
     int64_t total = 0;
     for (auto v : miss_c) total += v;
@@ -463,18 +468,11 @@ NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassSta
 
   // Each block's rows are centred by their class mean in double, rounded to T, projected in
   // T, and its squared norm summed in double; blocks are combined in order.
-  const Index blocks = (n + kNCBlock - 1) / kNCBlock;
-  const int threads = std::max<int>(1, int(std::min<Index>(resolve_threads(o.threads), blocks)));
+  const Index blocks = (n + kNCBlock - 1) / kNCBlock, tasks = (blocks + kNCTask - 1) / kNCTask;
   std::vector<double> part(blocks, 0.0);
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads)
-#endif
-  {
+  parallel_for(tasks, o.threads, [&](Index task) {
     Matrix<T> xc(kNCBlock, d), z(kNCBlock, p.rank);
-#if defined(_OPENMP)
-#pragma omp for schedule(static)
-#endif
-    for (Index blk = 0; blk < blocks; ++blk) {
+    for (Index blk = task * kNCTask; blk < std::min(blocks, (task + 1) * kNCTask); ++blk) {
       const Index r0 = blk * kNCBlock, m = std::min(kNCBlock, n - r0);
       for (Index i = 0; i < m; ++i)
         xc.row(i) = (x.row(r0 + i).template cast<double>() - mu.row(static_cast<Index>(y[r0 + i])))
@@ -482,7 +480,7 @@ NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassSta
       z.topRows(m).noalias() = xc.topRows(m) * a;
       part[blk] = z.topRows(m).template cast<double>().squaredNorm();
     }
-  }
+  });
   double acc = 0;
   for (double v : part) acc += v;
   NC1Result r;

@@ -165,7 +165,8 @@ std::vector<Candidate<I>> positive_lists(const MatrixF& qf, const Operand& qop,
       }
     }
     for (Index qi : qr)
-      std::sort(pos.begin() + offsets[qi], pos.begin() + offsets[qi + 1], ranks_before<I>);
+      std::sort(pos.begin() + offsets[qi], pos.begin() + offsets[qi + 1],
+                [](const Candidate<I>& x, const Candidate<I>& y) { return ranks_before(x, y); });
   };
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -191,13 +192,13 @@ RetrievalReport evaluate_impl(const ConstRowsRef<TQ>& q, const std::vector<int64
   Operand qop, gop;
   {
     const MatrixF qf = padded_rows(q, normalize);
-    qop = make_operand(qf, nq, true, self, l2);
+    qop = make_operand(qf, nq, self, true, l2);
     const Index tile = resolve_tile(o.query_tile, qop.padded_rows, kAutoTile);
     if (self) {
       positives = positive_lists<I>(qf, qop, ql, qf, qop, ql, num_classes, true, l2, tile, threads, offsets);
     } else {
       const MatrixF gf = padded_rows(*g, normalize);
-      gop = make_operand(gf, g->rows(), false, true, l2);
+      gop = make_operand(gf, g->rows(), true, false, l2);
       positives = positive_lists<I>(qf, qop, ql, gf, gop, gl, num_classes, false, l2, tile, threads, offsets);
     }
   }

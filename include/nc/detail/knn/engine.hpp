@@ -1,11 +1,11 @@
 // ncml: the blocked similarity engine behind nc::knn and nc::evaluate_retrieval.
 //
 // Queries and gallery are cut into tiles; a task computes one tile of scores (never more:
-// memory is O(tile) per thread on top of what the sink keeps), filters it against the
-// sink's per-query thresholds and hands the entries that pass to the sink. For one set
-// against itself (leave-one-out) the score matrix is symmetric: only tiles (I, J) with I <= J
-// are computed and each off-diagonal tile feeds both its rows' and its columns' queries,
-// which halves the products.
+// memory is O(tile) per thread on top of what the sink keeps), filters each query's run of
+// scores against the query's threshold and hands the entries that pass to the sink. For one
+// set against itself (leave-one-out) the score matrix is symmetric: only tiles (I, J) with
+// I <= J are computed and each off-diagonal tile feeds both its columns' queries and, through
+// a transposed copy, its rows' queries, which halves the products.
 //
 // Threads: tasks are taken dynamically; a task computes its tile without locks, then holds
 // the locks of the query tiles it feeds (lower tile first) while it filters. Tasks are
@@ -118,27 +118,33 @@ inline std::vector<std::pair<Index, Index>> symmetric_schedule(Index n) {
   return tasks;
 }
 
-/// Runs the engine. `cols == nullptr`: one set against itself (rows must be packed as both
-/// operands), symmetric tiles. The sink provides `const float* thresholds()` (one per query)
-/// and `void accept(Index query, Index gallery, float score)`, called only while the query's
-/// tile lock is held, for entries with score >= the threshold read at filter time.
+/// Runs the engine over `queries` and `gallery` (nullptr: the queries against themselves,
+/// symmetric tiles; the operand must then be packed both ways; otherwise the gallery is
+/// packed as left operand and the queries as right operand). A tile holds gallery rows x
+/// query columns, so each query's scores are contiguous runs. The sink provides
+/// `const float* thresholds()` (one per query) and `void accept(Index query, Index gallery,
+/// float score)`; accept is called, while the query's tile lock is held, for entries whose
+/// score is >= the query's threshold as it stands when the entry is scanned.
 template <class Sink>
-void run(const Operand& rows, const Operand* cols, Sink& sink, const EngineOptions& opt) {
-  const bool symmetric = cols == nullptr;
-  const Operand& g = symmetric ? rows : *cols;
-  const Index rt = opt.row_tile, ct = symmetric ? opt.row_tile : opt.col_tile;
-  const Index nr = (rows.padded_rows + rt - 1) / rt, nc = (g.padded_rows + ct - 1) / ct;
+void run(const Operand& queries, const Operand* gallery, Sink& sink, const EngineOptions& opt) {
+  const bool symmetric = gallery == nullptr;
+  const Operand& q = queries;
+  const Operand& g = symmetric ? queries : *gallery;
+  const Index qt = opt.row_tile, gt = symmetric ? opt.row_tile : opt.col_tile;
+  const Index nq = (q.padded_rows + qt - 1) / qt, ng = (g.padded_rows + gt - 1) / gt;
 
+  // (gallery tile, query tile) pairs. Symmetric: I <= J, where tile I is read as gallery
+  // rows and J as query columns; off-diagonal tiles also serve queries of I, transposed.
   std::vector<std::pair<Index, Index>> tasks;
   if (symmetric) {
-    tasks = symmetric_schedule(nr);
+    tasks = symmetric_schedule(nq);
   } else {
-    tasks.reserve(static_cast<std::size_t>(nr * nc));
-    for (Index j = 0; j < nc; ++j)
-      for (Index i = 0; i < nr; ++i) tasks.emplace_back(i, j);
+    tasks.reserve(static_cast<std::size_t>(nq * ng));
+    for (Index i = 0; i < ng; ++i)
+      for (Index j = 0; j < nq; ++j) tasks.emplace_back(i, j);
   }
   const Index num_tasks = static_cast<Index>(tasks.size());
-  std::unique_ptr<std::mutex[]> locks(new std::mutex[static_cast<std::size_t>(nr)]);
+  std::unique_ptr<std::mutex[]> locks(new std::mutex[static_cast<std::size_t>(nq)]);
   std::atomic<Index> done{0};
   std::atomic<bool> failed{false};
   std::exception_ptr error;
@@ -146,38 +152,46 @@ void run(const Operand& rows, const Operand* cols, Sink& sink, const EngineOptio
   const float* thr = sink.thresholds();
   constexpr float nan = std::numeric_limits<float>::quiet_NaN();
 
-  auto task = [&](Index t, std::vector<float>& tile, bool report) {
+  struct Buffers {
+    std::vector<float> tile, transposed;
+  };
+  auto task = [&](Index t, Buffers& buf, bool report) {
     const Index I = tasks[t].first, J = tasks[t].second;
-    const Index r0 = I * rt, c0 = J * ct;
-    const Index m = std::min(rt, rows.padded_rows - r0), n = std::min(ct, g.padded_rows - c0);
-    const Index mrows = std::max<Index>(0, std::min(m, rows.rows - r0));
-    const Index ncols = std::max<Index>(0, std::min(n, g.rows - c0));
-    float* c = tile.data();
-    tile_product(rows.packed, r0, m, g.packed, c0, n, c, m);
+    const Index g0 = I * gt, q0 = J * qt;
+    const Index m = std::min(gt, g.padded_rows - g0), n = std::min(qt, q.padded_rows - q0);
+    const Index mg = std::max<Index>(0, std::min(m, g.rows - g0));  // real gallery rows
+    const Index nqr = std::max<Index>(0, std::min(n, q.rows - q0));  // real query columns
+    float* c = buf.tile.data();
+    tile_product(g.packed, g0, m, q.packed, q0, n, c, m);
     if (opt.neg_squared_l2) {
-      const float* qn = rows.sq_norms.data() + r0;
-      for (Index b = 0; b < ncols; ++b) {
-        const float gn = g.sq_norms[c0 + b];
+      const float* gn = g.sq_norms.data() + g0;
+      for (Index b = 0; b < nqr; ++b) {
+        const float qn = q.sq_norms[q0 + b];
         float* col = c + b * m;
-        for (Index a = 0; a < mrows; ++a) col[a] = l2_score(col[a], qn[a], gn);
+        for (Index a = 0; a < mg; ++a) col[a] = l2_score(col[a], qn, gn[a]);
       }
     }
     if (opt.exclude_self) {
-      for (Index i = std::max(r0, c0); i < std::min(r0 + mrows, c0 + ncols); ++i)
-        c[(i - r0) + (i - c0) * m] = nan;
+      for (Index i = std::max(g0, q0); i < std::min(g0 + mg, q0 + nqr); ++i)
+        c[(i - g0) + (i - q0) * m] = nan;
     }
     const bool both = symmetric && I != J;
+    if (both) transpose_tile(c, m, mg, nqr, buf.transposed.data(), n);
     {
-      std::unique_lock<std::mutex> first(locks[I]);
+      std::unique_lock<std::mutex> first(locks[symmetric ? I : J]);
       std::unique_lock<std::mutex> second;
       if (both) second = std::unique_lock<std::mutex>(locks[J]);
-      for (Index b = 0; b < ncols; ++b) {
+      for (Index b = 0; b < nqr; ++b) {
+        const Index query = q0 + b;
         const float* col = c + b * m;
-        const Index gb = c0 + b;
-        scan_column(
-            col, thr + r0, mrows, both, both ? thr[gb] : 0.0f,
-            [&](Index a) { sink.accept(r0 + a, gb, col[a]); },
-            [&](Index a) { sink.accept(gb, r0 + a, col[a]); });
+        scan_run(col, mg, thr[query], [&](Index a) { sink.accept(query, g0 + a, col[a]); });
+      }
+      if (both) {
+        for (Index a = 0; a < mg; ++a) {
+          const Index query = g0 + a;
+          const float* row = buf.transposed.data() + a * n;
+          scan_run(row, nqr, thr[query], [&](Index b) { sink.accept(query, q0 + b, row[b]); });
+        }
       }
     }
     const Index finished = ++done;
@@ -185,38 +199,36 @@ void run(const Operand& rows, const Operand* cols, Sink& sink, const EngineOptio
       (*opt.progress)(static_cast<double>(finished) / static_cast<double>(num_tasks));
   };
 
-  auto guarded = [&](Index t, std::vector<float>& tile, bool report) {
+  auto guarded = [&](auto&& body) {
     if (failed.load(std::memory_order_relaxed)) return;
     try {
-      task(t, tile, report);
+      body();
     } catch (...) {
       std::lock_guard<std::mutex> guard(error_lock);
       if (!error) error = std::current_exception();
       failed = true;
     }
   };
+  auto allocate = [&](Buffers& buf) {
+    buf.tile.resize(static_cast<std::size_t>(qt * gt));
+    if (symmetric) buf.transposed.resize(static_cast<std::size_t>(qt * gt));
+  };
 
   const int threads = resolve_threads(opt.threads);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> tile;
-    try {
-      tile.resize(static_cast<std::size_t>(rt * ct));
-    } catch (...) {
-      std::lock_guard<std::mutex> guard(error_lock);
-      if (!error) error = std::current_exception();
-      failed = true;
-    }
+    Buffers buf;
+    guarded([&] { allocate(buf); });
     const bool report = omp_get_thread_num() == 0;
 #pragma omp for schedule(dynamic, 1)
-    for (Index t = 0; t < num_tasks; ++t)
-      if (!tile.empty()) guarded(t, tile, report);
+    for (Index t = 0; t < num_tasks; ++t) guarded([&] { task(t, buf, report); });
   }
 #else
   (void)threads;
-  std::vector<float> tile(static_cast<std::size_t>(rt * ct));
-  for (Index t = 0; t < num_tasks; ++t) guarded(t, tile, true);
+  Buffers buf;
+  guarded([&] { allocate(buf); });
+  for (Index t = 0; t < num_tasks; ++t) guarded([&] { task(t, buf, true); });
 #endif
   if (error) std::rethrow_exception(error);
 }
