@@ -8,7 +8,7 @@ packages=(
   libeigen3-dev catch2 libbenchmark-dev zlib1g-dev
   libopenmpi-dev openmpi-bin
   libtorch-dev
-  libfaiss-dev
+  libfaiss-dev python3-faiss libopenblas0-pthread
   libcli11-dev nlohmann-json3-dev
   python3 python3-numpy
   gnuplot-nox

@@ -12,9 +12,9 @@
 // stay in its list. When queries and gallery are the same rows in memory, each pair of
 // tiles is computed once and feeds both sides (half the products).
 //
-// Memory: O(Q * k) for the result and the per-query candidate buffers (about 1.5k entries of
-// 8 bytes), one packed float copy of each input, and one tile of scores per thread; never the
-// Q x G score matrix.
+// Memory: O(Q * k) for the result and the per-query candidate buffers (2k entries of 8
+// bytes), one packed float copy of each input, and one or two tiles of scores per thread;
+// never the Q x G score matrix. See docs/retrieval.md.
 //
 // Threads: OpenMP when the program is compiled with it (`threads`, 0 = all). The progress
 // callback, if set, is called on the calling thread with the fraction of tiles done.
@@ -140,9 +140,16 @@ KnnResult knn_impl(const ConstRowsRef<TQ>& q, const ConstRowsRef<TG>& g, Index k
   r.scores.resize(q.rows(), k);
   const int threads = resolve_threads(o.threads);
 #if defined(_OPENMP)
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel num_threads(threads)
 #endif
-  for (Index i = 0; i < q.rows(); ++i) top.finish(i, r.scores.row(i).data(), r.indices.row(i).data());
+  {
+    std::vector<typename P::Key> scratch;
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+    for (Index i = 0; i < q.rows(); ++i)
+      top.finish(i, r.scores.row(i).data(), r.indices.row(i).data(), scratch);
+  }
   (void)threads;
   if (o.progress) o.progress(1.0);
   return r;

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <vector>
@@ -117,8 +118,8 @@ std::vector<int64_t> labels_as_int64(LabelView<L> y) {
 /// Scores of every same-class (query, gallery) pair, computed by the kernel of the main
 /// pass so they are bitwise equal to its scores, sorted best first per query. `self`: the
 /// query set is the gallery (leave-one-out), pair (i, i) is skipped.
-template <class I>
-std::vector<Candidate<I>> positive_lists(const MatrixF& qf, const Operand& qop,
+template <class P>
+std::vector<typename P::Key> positive_lists(const MatrixF& qf, const Operand& qop,
                                          const std::vector<int64_t>& ql, const MatrixF& gf,
                                          const Operand& gop, const std::vector<int64_t>& gl,
                                          Index num_classes, bool self, bool l2, Index tile,
@@ -130,7 +131,7 @@ std::vector<Candidate<I>> positive_lists(const MatrixF& qf, const Operand& qop,
   offsets.assign(static_cast<std::size_t>(nq) + 1, 0);
   for (Index i = 0; i < nq; ++i)
     offsets[i + 1] = offsets[i] + static_cast<int64_t>(grows[ql[i]].size()) - (self ? 1 : 0);
-  std::vector<Candidate<I>> pos(static_cast<std::size_t>(offsets[nq]));
+  std::vector<typename P::Key> pos(static_cast<std::size_t>(offsets[nq]));
   const Index kc = depth_block(d);
 
   auto one_class = [&](Index c) {
@@ -159,24 +160,35 @@ std::vector<Candidate<I>> positive_lists(const MatrixF& qf, const Operand& qop,
             if (self && gj == qi) continue;
             float s = buf[x + y * m];
             if (l2) s = l2_score(s, qop.sq_norms[qi], gop.sq_norms[gj]);
-            pos[slot++] = Candidate<I>{s, static_cast<I>(gj)};
+            pos[slot++] = P::make(s, gj);
           }
         }
       }
     }
     for (Index qi : qr)
-      std::sort(pos.begin() + offsets[qi], pos.begin() + offsets[qi + 1],
-                [](const Candidate<I>& x, const Candidate<I>& y) { return ranks_before(x, y); });
+      std::sort(pos.begin() + offsets[qi], pos.begin() + offsets[qi + 1], typename P::Better());
   };
+  // Exceptions (allocation) must not leave the parallel region: keep the first, rethrow.
+  std::exception_ptr error;
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
 #endif
-  for (Index c = 0; c < num_classes; ++c) one_class(c);
+  for (Index c = 0; c < num_classes; ++c) {
+    try {
+      one_class(c);
+    } catch (...) {
+#if defined(_OPENMP)
+#pragma omp critical(ncml_positive_lists)
+#endif
+      if (!error) error = std::current_exception();
+    }
+  }
   (void)threads;
+  if (error) std::rethrow_exception(error);
   return pos;
 }
 
-template <class I, class TQ, class TG>
+template <class P, class TQ, class TG>
 RetrievalReport evaluate_impl(const ConstRowsRef<TQ>& q, const std::vector<int64_t>& ql,
                               const ConstRowsRef<TG>* g, const std::vector<int64_t>& gl,
                               Index num_classes, const RetrievalOptions& o) {
@@ -188,18 +200,18 @@ RetrievalReport evaluate_impl(const ConstRowsRef<TQ>& q, const std::vector<int64
   const int kmax = *std::max_element(o.ks.begin(), o.ks.end());
 
   std::vector<int64_t> offsets, limit(static_cast<std::size_t>(nq));
-  std::vector<Candidate<I>> positives;
+  std::vector<typename P::Key> positives;
   Operand qop, gop;
   {
     const MatrixF qf = padded_rows(q, normalize);
     qop = make_operand(qf, nq, self, true, l2);
     const Index tile = resolve_tile(o.query_tile, qop.padded_rows, kAutoTile);
     if (self) {
-      positives = positive_lists<I>(qf, qop, ql, qf, qop, ql, num_classes, true, l2, tile, threads, offsets);
+      positives = positive_lists<P>(qf, qop, ql, qf, qop, ql, num_classes, true, l2, tile, threads, offsets);
     } else {
       const MatrixF gf = padded_rows(*g, normalize);
       gop = make_operand(gf, g->rows(), true, false, l2);
-      positives = positive_lists<I>(qf, qop, ql, gf, gop, gl, num_classes, false, l2, tile, threads, offsets);
+      positives = positive_lists<P>(qf, qop, ql, gf, gop, gl, num_classes, false, l2, tile, threads, offsets);
     }
   }
   for (Index i = 0; i < nq; ++i) limit[i] = std::max<int64_t>(kmax, offsets[i + 1] - offsets[i]);
@@ -208,7 +220,7 @@ RetrievalReport evaluate_impl(const ConstRowsRef<TQ>& q, const std::vector<int64
   const EngineOptions e =
       engine_options(o.similarity, self, o.threads, self ? tile : o.query_tile, o.gallery_tile,
                      qop.padded_rows, self ? qop.padded_rows : gop.padded_rows, &o.progress);
-  RankCounter<I> counter(offsets, std::move(positives), std::move(limit), ql.data(), gl.data());
+  RankCounter<P> counter(offsets, std::move(positives), std::move(limit), ql.data(), gl.data());
   run(qop, self ? nullptr : &gop, counter, e);
 
   // Per-query metrics, then averages in query order (deterministic).
@@ -335,8 +347,8 @@ RetrievalReport evaluate_retrieval(const Eigen::MatrixBase<D>& features, const L
   detail::knn::check_ks(options.ks, x.rows() - 1, true);
   const std::vector<int64_t> yl = detail::knn::labels_as_int64(y);
   if (x.rows() < static_cast<Index>(std::numeric_limits<uint32_t>::max()))
-    return detail::knn::evaluate_impl<uint32_t, T, T>(x, yl, nullptr, yl, num_classes, options);
-  return detail::knn::evaluate_impl<uint64_t, T, T>(x, yl, nullptr, yl, num_classes, options);
+    return detail::knn::evaluate_impl<detail::knn::Packed32, T, T>(x, yl, nullptr, yl, num_classes, options);
+  return detail::knn::evaluate_impl<detail::knn::Wide, T, T>(x, yl, nullptr, yl, num_classes, options);
 }
 
 /// Query-vs-gallery evaluation: `queries` [Q, D] with `query_labels` [Q] against `gallery`
@@ -365,8 +377,8 @@ RetrievalReport evaluate_retrieval(const Eigen::MatrixBase<DQ>& queries, const L
   const std::vector<int64_t> lq = detail::knn::labels_as_int64(yq), lg = detail::knn::labels_as_int64(yg);
   const Index num_classes = std::max(cq, cg);
   if (g.rows() < static_cast<Index>(std::numeric_limits<uint32_t>::max()))
-    return detail::knn::evaluate_impl<uint32_t, TQ, TG>(q, lq, &g, lg, num_classes, options);
-  return detail::knn::evaluate_impl<uint64_t, TQ, TG>(q, lq, &g, lg, num_classes, options);
+    return detail::knn::evaluate_impl<detail::knn::Packed32, TQ, TG>(q, lq, &g, lg, num_classes, options);
+  return detail::knn::evaluate_impl<detail::knn::Wide, TQ, TG>(q, lq, &g, lg, num_classes, options);
 }
 
 }  // namespace nc

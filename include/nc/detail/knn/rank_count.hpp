@@ -26,14 +26,16 @@
 
 namespace nc::detail::knn {
 
-template <class I>
+/// P: a key policy of topk.hpp (Packed32 or Wide).
+template <class P>
 class RankCounter {
  public:
+  using Key = typename P::Key;
+
   /// `offsets` [Q + 1] delimit each query's positives in `positives`, sorted best first.
   /// `limit[q]` = L for query q. Labels are compared to skip positives in the main pass.
-  RankCounter(std::vector<int64_t> offsets, std::vector<Candidate<I>> positives,
-              std::vector<int64_t> limit, const int64_t* query_labels,
-              const int64_t* gallery_labels)
+  RankCounter(std::vector<int64_t> offsets, std::vector<Key> positives, std::vector<int64_t> limit,
+              const int64_t* query_labels, const int64_t* gallery_labels)
       : off_(std::move(offsets)),
         pos_(std::move(positives)),
         limit_(std::move(limit)),
@@ -46,7 +48,7 @@ class RankCounter {
     thr_.resize(static_cast<std::size_t>(nq));
     for (Index q = 0; q < nq; ++q) {
       live_[q] = off_[q + 1] - off_[q];
-      thr_[q] = live_[q] > 0 ? pos_[off_[q + 1] - 1].score : std::numeric_limits<float>::infinity();
+      thr_[q] = live_[q] > 0 ? P::score(pos_[off_[q + 1] - 1]) : std::numeric_limits<float>::infinity();
     }
   }
 
@@ -55,11 +57,18 @@ class RankCounter {
   void accept(Index q, Index g, float s) {
     int64_t a = live_[q];
     if (a == 0 || gl_[g] == ql_[q]) return;
-    const Candidate<I>* p = pos_.data() + off_[q];
-    const Candidate<I> c{s, static_cast<I>(g)};
-    if (!ranks_before(c, p[a - 1])) return;
-    const int64_t m =
-        std::partition_point(p, p + a, [&](const Candidate<I>& x) { return ranks_before(x, c); }) - p;
+    const Key* p = pos_.data() + off_[q];
+    const Key c = P::make(s, g);
+    if (!better_(c, p[a - 1])) return;
+    // m = number of positives ranked before c (branch-free binary search over p[0, a)).
+    const Key* base = p;
+    int64_t len = a;
+    while (len > 1) {
+      const int64_t half = len / 2;
+      base = better_(base[half - 1], c) ? base + half : base;
+      len -= half;
+    }
+    const int64_t m = (base - p) + (better_(*base, c) ? 1 : 0);
     int64_t* cnt = cnt_.data() + off_[q];
     ++cnt[m];
     int64_t before = ++before_[q];  // negatives ranked before p_{a-1}
@@ -67,7 +76,7 @@ class RankCounter {
       while (a > 1 && (a - 1) + before >= limit_[q]) before -= cnt[--a];
       live_[q] = a;
       before_[q] = before;
-      thr_[q] = p[a - 1].score;
+      thr_[q] = P::score(p[a - 1]);
     }
   }
 
@@ -86,8 +95,9 @@ class RankCounter {
   }
 
  private:
+  typename P::Better better_;
   std::vector<int64_t> off_;
-  std::vector<Candidate<I>> pos_;
+  std::vector<Key> pos_;
   std::vector<int64_t> limit_;
   const int64_t* ql_;
   const int64_t* gl_;

@@ -59,6 +59,32 @@ struct Packed32 {
   struct Better {
     bool operator()(Key a, Key b) const { return a > b; }
   };
+  /// Sorts keys best first: LSD radix sort on bytes, skipping bytes that all keys share.
+  static void sort(Key* a, Index n, std::vector<Key>& scratch) {
+    if (n < 64) {
+      std::sort(a, a + n, Better());
+      return;
+    }
+    scratch.resize(static_cast<std::size_t>(n));
+    Index hist[8][256] = {};
+    for (Index i = 0; i < n; ++i)
+      for (int d = 0; d < 8; ++d) ++hist[d][255 - ((a[i] >> (8 * d)) & 0xff)];
+    Key* src = a;
+    Key* dst = scratch.data();
+    for (int d = 0; d < 8; ++d) {
+      Index* h = hist[d];
+      if (*std::max_element(h, h + 256) == n) continue;  // every key has the same byte
+      Index sum = 0;
+      for (int v = 0; v < 256; ++v) {
+        const Index c = h[v];
+        h[v] = sum;
+        sum += c;
+      }
+      for (Index i = 0; i < n; ++i) dst[h[255 - ((src[i] >> (8 * d)) & 0xff)]++] = src[i];
+      std::swap(src, dst);
+    }
+    if (src != a) std::copy(src, src + n, a);
+  }
 };
 
 /// Candidates as (score, index) pairs, for galleries of 2^32 rows or more.
@@ -73,6 +99,7 @@ struct Wide {
   struct Better {
     bool operator()(const Key& a, const Key& b) const { return ranks_before(a, b); }
   };
+  static void sort(Key* a, Index n, std::vector<Key>&) { std::sort(a, a + n, Better()); }
 };
 
 template <class P>
@@ -99,13 +126,14 @@ class TopK {
     if (size_[q] == cap_) compact(q);
   }
 
-  /// Writes the sorted k best of query q to `scores` and `indices`.
+  /// Writes the sorted k best of query q to `scores` and `indices` (`scratch`: any vector,
+  /// reused between calls).
   template <class OutI>
-  void finish(Index q, float* scores, OutI* indices) {
+  void finish(Index q, float* scores, OutI* indices, std::vector<Key>& scratch) {
     Key* b = row(q);
     const Index n = std::min<Index>(size_[q], k_);
     if (size_[q] > n) std::nth_element(b, b + (n - 1), b + size_[q], better_);
-    std::sort(b, b + n, better_);
+    P::sort(b, n, scratch);
     for (Index r = 0; r < n; ++r) {
       scores[r] = P::score(b[r]);
       indices[r] = static_cast<OutI>(P::index(b[r]));
@@ -115,13 +143,37 @@ class TopK {
  private:
   Key* row(Index q) { return buf_.data() + static_cast<std::size_t>(q) * cap_; }
 
+  // Keeps at least k candidates and sets the threshold to the worst kept. A pivot estimated
+  // from a sample (aiming at about 1.2 k kept) usually needs one partition pass; when fewer
+  // than k would remain, nth_element keeps exactly k. Any threshold with k kept candidates
+  // at or above it is valid, so the final result does not depend on these choices.
   void compact(Index q) {
     Key* b = row(q);
-    std::nth_element(b, b + (k_ - 1), b + size_[q], better_);
-    size_[q] = static_cast<int32_t>(k_);
-    thr_key_[q] = b[k_ - 1];
-    thr_[q] = P::score(b[k_ - 1]);
+    const Index n = size_[q];
+    Index kept = k_;
+    if (k_ >= 64) {
+      Key sample[kSample];
+      for (Index i = 0; i < kSample; ++i) sample[i] = b[(2 * i + 1) * n / (2 * kSample)];
+      const Index rank = std::min<Index>(kSample - 1, (kSample * 6 * k_) / (5 * n));
+      std::nth_element(sample, sample + rank, sample + kSample, better_);
+      const Key pivot = sample[rank];
+      Key* mid = std::partition(b, b + n, [&](const Key& x) { return !better_(pivot, x); });
+      kept = mid - b;
+      if (kept >= k_) {
+        size_[q] = static_cast<int32_t>(kept);
+        thr_key_[q] = pivot;
+        thr_[q] = P::score(pivot);
+        if (kept < cap_) return;
+      }
+      kept = k_;
+    }
+    std::nth_element(b, b + (kept - 1), b + n, better_);
+    size_[q] = static_cast<int32_t>(kept);
+    thr_key_[q] = b[kept - 1];
+    thr_[q] = P::score(b[kept - 1]);
   }
+
+  static constexpr Index kSample = 64;
 
   Index k_, cap_;
   typename P::Better better_;
