@@ -31,14 +31,13 @@ Reference reference(const X& xin, const std::vector<int>& y, Index C) {
   }
   for (Index c = 0; c < C; ++c)
     if (r.counts[c]) r.means.row(c) /= double(r.counts[c]);
-  r.sw = MatrixD::Zero(d, d);
+  MatrixD dev(n, d);
   r.sq_dev = Eigen::VectorXd::Zero(C);
   for (Index i = 0; i < n; ++i) {
-    const Eigen::VectorXd dev = (x.row(i) - r.means.row(y[i])).transpose();
-    r.sw += dev * dev.transpose();
-    r.sq_dev[y[i]] += dev.squaredNorm();
+    dev.row(i) = x.row(i) - r.means.row(y[i]);
+    r.sq_dev[y[i]] += dev.row(i).squaredNorm();
   }
-  r.sw /= double(n);
+  r.sw = dev.transpose() * dev / double(n);
   r.global = x.colwise().mean().transpose();
   r.sb = MatrixD::Zero(d, d);
   Index nonempty = 0;
