@@ -8,5 +8,8 @@
 #include "drift.hpp"
 #include "head.hpp"
 #include "loss.hpp"
+#include "metrics/nc.hpp"
+#include "knn.hpp"
+#include "metrics/retrieval.hpp"
 #include "perturb.hpp"
 #include "stats.hpp"

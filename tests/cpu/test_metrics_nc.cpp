@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -211,7 +210,8 @@ void check_report(const nc::NCReport& r, const Reference& ref, double tol, bool 
 }
 
 // A head near the class means, so that NC4 has something to disagree on.
-MatrixD noisy_head(const MatrixD& x, const std::vector<int>& y, Index C, double noise, uint64_t seed) {
+MatrixD noisy_head(const MatrixD& x, const std::vector<int>& y, Index C, double noise,
+                   uint64_t seed) {
   MatrixD mu = MatrixD::Zero(C, x.cols());
   std::vector<double> cnt(C, 0);
   for (Index i = 0; i < x.rows(); ++i) {
@@ -280,8 +280,8 @@ void check_all(const MatrixD& x, const std::vector<int>& y, Index C, uint64_t se
 
 // C classes whose means form a simplex ETF of radius `radius` around `offset`, in d >= C
 // dimensions (random orthonormal embedding), `per_class` samples each, all at their mean.
-MatrixD collapsed(Index C, Index d, Index per_class, double radius, const Eigen::RowVectorXd& offset,
-                  std::vector<int>& y, MatrixD& centred_means) {
+MatrixD collapsed(Index C, Index d, Index per_class, double radius,
+                  const Eigen::RowVectorXd& offset, std::vector<int>& y, MatrixD& centred_means) {
   std::mt19937_64 rng(11);
   std::normal_distribution<double> g(0.0, 1.0);
   MatrixD rnd(d, C);
@@ -300,9 +300,7 @@ MatrixD collapsed(Index C, Index d, Index per_class, double radius, const Eigen:
   return x;
 }
 
-bool have_numpy() {
-  return std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") == 0;
-}
+bool have_numpy() { return std::system("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") == 0; }
 
 // Writes x (float64, row-major) and y (int64) for tests/numpy_nc1.py and returns its NC1.
 double numpy_nc1(const MatrixD& x, const std::vector<int>& y, Index C, const std::string& tag) {
@@ -433,7 +431,8 @@ TEST_CASE("The unweighted global mean option on imbalanced classes", "[nc]") {
   CHECK(rel_err(nc::nc_metrics(s).nc2_etf_error, ref.etf) > 1e-6);
 }
 
-TEST_CASE("NC4: bias, cosine rule, per-class average, test data against training means", "[nc][nc4]") {
+TEST_CASE("NC4: bias, cosine rule, per-class average, test data against training means",
+          "[nc][nc4]") {
   std::vector<int> y;
   const MatrixD x = mixture(3000, 24, 9, y, 61, 2.0, 1.0);
   const MatrixD W = noisy_head(x, y, 9, 0.8, 62);
@@ -502,7 +501,8 @@ TEST_CASE("Perfectly collapsed data: NC1, NC2, NC3 and NC4 vanish", "[nc][proper
   }
 }
 
-TEST_CASE("Scaling all features leaves NC1, NC2, CDNV and the trace ratio unchanged", "[nc][properties]") {
+TEST_CASE("Scaling all features leaves NC1, NC2, CDNV and the trace ratio unchanged",
+          "[nc][properties]") {
   std::vector<int> y;
   const MatrixD x = mixture(1500, 20, 8, y, 71, 3.0, 1.5);
   nc::ClassStats a(8, 20), b(8, 20);
@@ -519,7 +519,8 @@ TEST_CASE("Scaling all features leaves NC1, NC2, CDNV and the trace ratio unchan
   CHECK(rel_err(rb.trace_sw, ra.trace_sw * 37.5 * 37.5) < 1e-12);
 }
 
-TEST_CASE("NC metrics: float and double heads, pointer overloads, statistics without scatter", "[nc]") {
+TEST_CASE("NC metrics: float and double heads, pointer overloads, statistics without scatter",
+          "[nc]") {
   std::vector<int> y;
   const MatrixD x = mixture(800, 10, 5, y, 81);
   const MatrixD Wd = noisy_head(x, y, 5, 0.5, 82);
@@ -571,7 +572,9 @@ TEST_CASE("NC1 rank tolerance: explicit values and rank-deficient class means", 
   MatrixD basis(2, d), x(n, d);
   for (Index i = 0; i < basis.size(); ++i) basis.data()[i] = g(rng);
   MatrixD centres(C, d);
-  for (Index c = 0; c < C; ++c) centres.row(c) = 3 * std::cos(double(c)) * basis.row(0) + 3 * std::sin(double(c)) * basis.row(1);
+  for (Index c = 0; c < C; ++c)
+    centres.row(c) =
+        3 * std::cos(double(c)) * basis.row(0) + 3 * std::sin(double(c)) * basis.row(1);
   std::vector<int> y(n);
   MatrixD noise_mean = MatrixD::Zero(C, d);
   for (Index i = 0; i < n; ++i) {
@@ -583,7 +586,8 @@ TEST_CASE("NC1 rank tolerance: explicit values and rank-deficient class means", 
   for (Index i = 0; i < n; ++i) x.row(i) += centres.row(y[i]) - noise_mean.row(y[i]);
   nc::ClassStats s(C, d);
   s.add(x, y);
-  const nc::NC1Result p = nc::nc1_detailed(s), e = nc::nc1_detailed(s, {nc::NC1Options::Path::exact});
+  const nc::NC1Result p = nc::nc1_detailed(s),
+                      e = nc::nc1_detailed(s, {nc::NC1Options::Path::exact});
   CHECK(p.rank == 2);
   CHECK(e.rank == 2);
   CHECK(rel_err(p.value, e.value) < 1e-9);
@@ -612,13 +616,17 @@ TEST_CASE("NC metrics reject bad input", "[nc][errors]") {
   s.add(x, y);
 
   SECTION("W of the wrong shape or with NaN") {
-    CHECK_THROWS_WITH(nc::nc_metrics(s, MatrixD(MatrixD::Ones(3, 6))), Catch::Contains("W is 3 x 6"));
-    CHECK_THROWS_WITH(nc::nc_metrics(s, MatrixF(MatrixF::Ones(4, 5))), Catch::Contains("W is 4 x 5"));
+    CHECK_THROWS_WITH(nc::nc_metrics(s, MatrixD(MatrixD::Ones(3, 6))),
+                      Catch::Contains("W is 3 x 6"));
+    CHECK_THROWS_WITH(nc::nc_metrics(s, MatrixF(MatrixF::Ones(4, 5))),
+                      Catch::Contains("W is 4 x 5"));
     MatrixD w = MatrixD::Ones(4, 6);
     w(2, 3) = std::nan("");
     CHECK_THROWS_WITH(nc::nc_metrics(s, w), Catch::Contains("row 2"));
-    CHECK_THROWS_WITH(nc::nc_metrics(s, MatrixD(MatrixD::Zero(4, 6))), Catch::Contains("W is zero"));
-    CHECK_THROWS_WITH(nc::nc4(x, y, s, MatrixD(MatrixD::Ones(4, 7))), Catch::Contains("W is 4 x 7"));
+    CHECK_THROWS_WITH(nc::nc_metrics(s, MatrixD(MatrixD::Zero(4, 6))),
+                      Catch::Contains("W is zero"));
+    CHECK_THROWS_WITH(nc::nc4(x, y, s, MatrixD(MatrixD::Ones(4, 7))),
+                      Catch::Contains("W is 4 x 7"));
     CHECK_THROWS_WITH(nc::nc4(x, y, s, MatrixD(MatrixD::Ones(4, 6)), Eigen::VectorXd::Ones(3)),
                       Catch::Contains("bias has 3 entries"));
   }
@@ -626,7 +634,8 @@ TEST_CASE("NC metrics reject bad input", "[nc][errors]") {
     nc::ClassStats one(3, 6);
     std::vector<int> y1(x.rows(), 1);
     one.add(x, y1);
-    CHECK_THROWS_WITH(nc::nc_metrics(one), Catch::Contains("at least 2 classes") && Catch::Contains("got 1"));
+    CHECK_THROWS_WITH(nc::nc_metrics(one),
+                      Catch::Contains("at least 2 classes") && Catch::Contains("got 1"));
     CHECK_THROWS_AS(nc::nc1(one), nc::error);
     CHECK_THROWS_AS(nc::nc4(x, y1, one, MatrixD(MatrixD::Ones(3, 6))), nc::error);
     CHECK_THROWS_WITH(nc::nc_metrics(nc::ClassStats(3, 6)), Catch::Contains("no samples"));
@@ -658,7 +667,8 @@ TEST_CASE("NC metrics reject bad input", "[nc][errors]") {
     other[0] = (other[0] + 1) % 4;
     CHECK_THROWS_WITH(nc::nc1(x, other, light), Catch::Contains("pass the data"));
     CHECK_THROWS_WITH(nc::nc1(x.leftCols(5), y, light), Catch::Contains("5 columns"));
-    CHECK_THROWS_WITH(nc::nc1(x, y, light, {nc::NC1Options::Path::exact}), Catch::Contains("exact"));
+    CHECK_THROWS_WITH(nc::nc1(x, y, light, {nc::NC1Options::Path::exact}),
+                      Catch::Contains("exact"));
     MatrixD xn = x;
     xn(7, 2) = INFINITY;
     CHECK_THROWS_WITH(nc::nc1(xn, y, light), Catch::Contains("row 7"));

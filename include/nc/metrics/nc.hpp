@@ -88,21 +88,21 @@ struct NCOptions {
 /// given are NaN: nc3_* without a head, nc1 for statistics without the within-class scatter.
 struct NCReport {
   static constexpr double nan = std::numeric_limits<double>::quiet_NaN();
-  double nc1 = nan;                ///< (1/C') tr(Sigma_W Sigma_B^+)
-  double trace_sw = nan;           ///< tr(Sigma_W)
-  double trace_sb = nan;           ///< tr(Sigma_B)
-  double trace_ratio = nan;        ///< tr(Sigma_W) / tr(Sigma_B)
-  double cdnv = nan;               ///< class-distance normalized variance, mean over pairs
-  double nc2_etf_error = nan;      ///< || G/||G||_F - (I - 11^T/C')/sqrt(C'-1) ||_F, G = M~ M~^T
-  double nc2_equinorm = nan;       ///< std / mean of ||mu_c - mu_G|| (population std)
-  double nc2_equiangularity = nan; ///< std over pairs of cos(mu_c - mu_G, mu_c' - mu_G)
-  double nc2_max_angle = nan;      ///< mean over pairs of |cos + 1/(C'-1)|
-  double nc3_self_duality = nan;   ///< || W/||W||_F - M~/||M~||_F ||_F
-  double nc3_etf_error = nan;      ///< ETF error of W M~^T
-  Index rank = 0;                  ///< numerical rank of M~ used by NC1
-  Index num_classes_used = 0;      ///< C': classes with at least one sample
-  Index num_empty_classes = 0;     ///< C - C'
-  int64_t num_samples = 0;         ///< N
+  double nc1 = nan;                 ///< (1/C') tr(Sigma_W Sigma_B^+)
+  double trace_sw = nan;            ///< tr(Sigma_W)
+  double trace_sb = nan;            ///< tr(Sigma_B)
+  double trace_ratio = nan;         ///< tr(Sigma_W) / tr(Sigma_B)
+  double cdnv = nan;                ///< class-distance normalized variance, mean over pairs
+  double nc2_etf_error = nan;       ///< || G/||G||_F - (I - 11^T/C')/sqrt(C'-1) ||_F, G = M~ M~^T
+  double nc2_equinorm = nan;        ///< std / mean of ||mu_c - mu_G|| (population std)
+  double nc2_equiangularity = nan;  ///< std over pairs of cos(mu_c - mu_G, mu_c' - mu_G)
+  double nc2_max_angle = nan;       ///< mean over pairs of |cos + 1/(C'-1)|
+  double nc3_self_duality = nan;    ///< || W/||W||_F - M~/||M~||_F ||_F
+  double nc3_etf_error = nan;       ///< ETF error of W M~^T
+  Index rank = 0;                   ///< numerical rank of M~ used by NC1
+  Index num_classes_used = 0;       ///< C': classes with at least one sample
+  Index num_empty_classes = 0;      ///< C - C'
+  int64_t num_samples = 0;          ///< N
 };
 
 struct NC4Options {
@@ -120,11 +120,14 @@ struct NC4Options {
 
 namespace detail {
 
-/// Rows of samples per product in the data passes (NC1 from data, NC4), and blocks per
-/// parallel task (buffers are allocated once per task). Block boundaries do not depend on
-/// the thread count, so neither do the results.
-constexpr Index kNCBlock = 512;
+/// Rows of samples per product in the data passes (NC1 from data, NC4): up to 512, fewer
+/// when a row of the block's buffers is wide, so that a buffer stays near 2^21 entries; and
+/// blocks per parallel task (buffers are allocated once per task). Block boundaries depend
+/// on the sizes only, never on the thread count, and so do the results.
 constexpr Index kNCTask = 8;
+inline Index block_rows(Index width) {
+  return std::max<Index>(16, std::min<Index>(512, (Index(1) << 21) / std::max<Index>(1, width)));
+}
 
 /// The classes with samples, their means centred at mu_G, and mu_G.
 struct CentredMeans {
@@ -197,21 +200,23 @@ inline Projection projection(const CentredMeans& cm, double rank_tol) {
   if (p.rank == 0 && rank_tol >= 0)
     NC_FAIL("rank_tol = " << rank_tol << " is at or above the largest singular value " << s_max
                           << " of the centred class means");
-  NC_EXPECTS(p.rank > 0, "all " << k << " class means coincide up to rounding (largest singular value "
-                                << s_max << " of the centred means, tolerance " << p.tolerance
-                                << "): NC1 is undefined");
+  NC_EXPECTS(p.rank > 0,
+             "all " << k << " class means coincide up to rounding (largest singular value " << s_max
+                    << " of the centred means, tolerance " << p.tolerance << "): NC1 is undefined");
   p.a = svd.matrixV().leftCols(p.rank) * s.head(p.rank).cwiseInverse().asDiagonal();
   return p;
 }
 
-/// Sigma_W [D, D] of statistics gathered with the within-class scatter, checked finite.
-inline MatrixD checked_within_covariance(const ClassStats& s) {
-  MatrixD sw = s.within_covariance();
+/// The within-class scatter S_W = N Sigma_W [D, D] of statistics gathered with it, checked
+/// finite (used in place, without forming Sigma_W).
+inline const MatrixD& checked_within_scatter(const ClassStats& s) {
+  const MatrixD& sw = s.within_scatter();
   NC_EXPECTS(sw.allFinite(), "stats: the within-class scatter has non-finite entries");
   return sw;
 }
 
-inline NC1Result nc1_exact(const MatrixD& sw, const MatrixD& mt, double rank_tol) {
+// sw is the scatter S_W; n the sample count (Sigma_W = S_W / n).
+inline NC1Result nc1_exact(const MatrixD& sw, double n, const MatrixD& mt, double rank_tol) {
   const Index k = mt.rows(), d = mt.cols();
   MatrixD sb = MatrixD::Zero(d, d);
   sb.selfadjointView<Eigen::Lower>().rankUpdate(mt.transpose(), 1.0 / double(k));
@@ -220,8 +225,9 @@ inline NC1Result nc1_exact(const MatrixD& sw, const MatrixD& mt, double rank_tol
   const Eigen::VectorXd& lambda = es.eigenvalues();  // ascending
   const double l_max = lambda[d - 1];
   NC_EXPECTS(l_max > 0, "all " << k << " class means coincide: Sigma_B = 0 and NC1 is undefined");
-  const double l_tol = rank_tol >= 0 ? rank_tol * rank_tol / double(k)
-                                     : double(std::max(k, d)) * std::numeric_limits<double>::epsilon() * l_max;
+  const double l_tol =
+      rank_tol >= 0 ? rank_tol * rank_tol / double(k)
+                    : double(std::max(k, d)) * std::numeric_limits<double>::epsilon() * l_max;
   NC1Result r;
   r.path = NC1Options::Path::exact;
   r.num_classes_used = k;
@@ -231,21 +237,25 @@ inline NC1Result nc1_exact(const MatrixD& sw, const MatrixD& mt, double rank_tol
     NC_FAIL("rank_tol = " << rank_tol << " is at or above the largest singular value "
                           << std::sqrt(double(k) * l_max) << " of the centred class means");
   NC_EXPECTS(r.rank > 0, "all " << k << " class means coincide up to rounding (largest eigenvalue "
-                                << l_max << " of Sigma_B, tolerance " << l_tol << "): NC1 is undefined");
+                                << l_max << " of Sigma_B, tolerance " << l_tol
+                                << "): NC1 is undefined");
   const MatrixD v = es.eigenvectors().rightCols(r.rank);
   const MatrixD swv = sw * v;
   double acc = 0;
   for (Index j = 0; j < r.rank; ++j) acc += v.col(j).dot(swv.col(j)) / lambda[d - r.rank + j];
-  r.value = acc / double(k);
+  r.value = acc / (double(k) * n);
   return r;
 }
 
-inline NC1Result nc1_from_stats(const CentredMeans& cm, const MatrixD& sw, const NC1Options& o) {
-  if (o.path == NC1Options::Path::exact) return nc1_exact(sw, cm.mt, o.rank_tol);
+inline NC1Result nc1_from_stats(const CentredMeans& cm, const ClassStats& stats,
+                                const NC1Options& o) {
+  const MatrixD& sw = checked_within_scatter(stats);
+  const double n = double(stats.total_count());
+  if (o.path == NC1Options::Path::exact) return nc1_exact(sw, n, cm.mt, o.rank_tol);
   const Projection p = projection(cm, o.rank_tol);
   const MatrixD swa = sw * p.a;
   NC1Result r;
-  r.value = (p.a.array() * swa.array()).sum();
+  r.value = (p.a.array() * swa.array()).sum() / n;
   r.rank = p.rank;
   r.num_classes_used = cm.mt.rows();
   r.tolerance = p.tolerance;
@@ -342,7 +352,7 @@ inline NCReport nc_report(const ClassStats& stats, const MatrixD* w, const NCOpt
   o1.rank_tol = o.rank_tol;
   o1.unweighted_global_mean = o.unweighted_global_mean;
   if (stats.has_scatter()) {
-    const NC1Result n1 = nc1_from_stats(cm, checked_within_covariance(stats), o1);
+    const NC1Result n1 = nc1_from_stats(cm, stats, o1);
     r.nc1 = n1.value;
     r.rank = n1.rank;
   } else {
@@ -371,8 +381,8 @@ Index row_argmax(const M& s, Index i) {
 }
 
 template <class T, class L>
-double nc4_impl(const ConstRowsRef<T>& x, LabelView<L> y, const ClassStats& stats,
-                const MatrixD& w, const Eigen::VectorXd* bias, const NC4Options& o) {
+double nc4_impl(const ConstRowsRef<T>& x, LabelView<L> y, const ClassStats& stats, const MatrixD& w,
+                const Eigen::VectorXd* bias, const NC4Options& o) {
   const CentredMeans cm = centred_means(stats, false);
   const Index n = x.rows(), d = x.cols(), k = cm.mt.rows(), C = w.rows();
   const bool cosine = o.rule == NC4Options::Rule::cosine;
@@ -398,16 +408,18 @@ double nc4_impl(const ConstRowsRef<T>& x, LabelView<L> y, const ClassStats& stat
       const double nw = w_t.col(c).norm();
       if (nw > 0) w_t.col(c) /= nw;
     }
-  const Eigen::RowVectorXd b = bias ? Eigen::RowVectorXd(bias->transpose()) : Eigen::RowVectorXd::Zero(C);
+  const Eigen::RowVectorXd b =
+      bias ? Eigen::RowVectorXd(bias->transpose()) : Eigen::RowVectorXd::Zero(C);
 
   // Blocks of rows in fixed positions, grouped into tasks that share buffers; every row's
   // verdict is written to its own slot and counted serially afterwards.
   std::vector<char> miss(n, 0);
-  const Index blocks = (n + kNCBlock - 1) / kNCBlock, tasks = (blocks + kNCTask - 1) / kNCTask;
+  const Index rows = block_rows(std::max(d, C));
+  const Index blocks = (n + rows - 1) / rows, tasks = (blocks + kNCTask - 1) / kNCTask;
   parallel_for(tasks, o.threads, [&](Index task) {
-    MatrixD h(kNCBlock, d), logits(kNCBlock, C), ncc(kNCBlock, k);
+    MatrixD h(rows, d), logits(rows, C), ncc(rows, k);
     for (Index blk = task * kNCTask; blk < std::min(blocks, (task + 1) * kNCTask); ++blk) {
-      const Index r0 = blk * kNCBlock, m = std::min(kNCBlock, n - r0);
+      const Index r0 = blk * rows, m = std::min(rows, n - r0);
       auto hb = h.topRows(m);
       auto lb = logits.topRows(m);
       auto nb = ncc.topRows(m);
@@ -460,7 +472,8 @@ NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassSta
   for (Index c = 0; c < C; ++c)
     NC_EXPECTS(counts[c] == stats.counts()[c],
                "labels hold " << counts[c] << " samples of class " << c << " but stats hold "
-                              << stats.counts()[c] << ": pass the data the statistics were built from");
+                              << stats.counts()[c]
+                              << ": pass the data the statistics were built from");
   const CentredMeans cm = centred_means(stats, o.unweighted_global_mean);
   const Projection p = projection(cm, o.rank_tol);
   const Matrix<T> a = p.a.template cast<T>();
@@ -468,12 +481,13 @@ NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassSta
 
   // Each block's rows are centred by their class mean in double, rounded to T, projected in
   // T, and its squared norm summed in double; blocks are combined in order.
-  const Index blocks = (n + kNCBlock - 1) / kNCBlock, tasks = (blocks + kNCTask - 1) / kNCTask;
+  const Index rows = block_rows(d);
+  const Index blocks = (n + rows - 1) / rows, tasks = (blocks + kNCTask - 1) / kNCTask;
   std::vector<double> part(blocks, 0.0);
   parallel_for(tasks, o.threads, [&](Index task) {
-    Matrix<T> xc(kNCBlock, d), z(kNCBlock, p.rank);
+    Matrix<T> xc(rows, d), z(rows, p.rank);
     for (Index blk = task * kNCTask; blk < std::min(blocks, (task + 1) * kNCTask); ++blk) {
-      const Index r0 = blk * kNCBlock, m = std::min(kNCBlock, n - r0);
+      const Index r0 = blk * rows, m = std::min(rows, n - r0);
       for (Index i = 0; i < m; ++i)
         xc.row(i) = (x.row(r0 + i).template cast<double>() - mu.row(static_cast<Index>(y[r0 + i])))
                         .template cast<T>();
@@ -497,7 +511,7 @@ NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassSta
 /// (StatsOptions::within_scatter, the default).
 inline NC1Result nc1_detailed(const ClassStats& stats, NC1Options options = {}) {
   const detail::CentredMeans cm = detail::centred_means(stats, options.unweighted_global_mean);
-  return detail::nc1_from_stats(cm, detail::checked_within_covariance(stats), options);
+  return detail::nc1_from_stats(cm, stats, options);
 }
 
 /// NC1 = (1/C') tr(Sigma_W Sigma_B^+) over the C' classes with samples.
@@ -508,7 +522,7 @@ inline double nc1(const ClassStats& stats, NC1Options options = {}) {
 /// Projected NC1 in one pass over `features` [N, D] with `labels` [N], the data `stats` was
 /// built from (checked through the per-class counts); `stats` needs no within-class scatter,
 /// so with StatsOptions{false} the whole computation is O(N D r) instead of O(N D^2). The
-/// projection runs in the feature precision (float features: about 1e-7 relative, double:
+/// projection runs in the feature precision (float features: 1e-9 to 1e-7 relative, double:
 /// about 1e-13), the sums in double.
 template <class D, class Labels>
 NC1Result nc1_detailed(const Eigen::MatrixBase<D>& features, const Labels& labels,
@@ -536,8 +550,10 @@ double nc1(const Eigen::MatrixBase<D>& features, const Labels& labels, const Cla
 /// Every NC metric of `stats`, NC3 against the head `W` [C, D] (float or double, any Eigen
 /// expression; rows of classes without samples are ignored).
 template <class D>
-NCReport nc_metrics(const ClassStats& stats, const Eigen::MatrixBase<D>& W, NCOptions options = {}) {
-  static_assert(detail::is_supported_scalar<typename D::Scalar>::value, "W must be float or double");
+NCReport nc_metrics(const ClassStats& stats, const Eigen::MatrixBase<D>& W,
+                    NCOptions options = {}) {
+  static_assert(detail::is_supported_scalar<typename D::Scalar>::value,
+                "W must be float or double");
   const MatrixD w = W.template cast<double>();
   return detail::nc_report(stats, &w, options);
 }
@@ -565,18 +581,21 @@ inline NCReport nc_metrics(const ClassStats& stats, const MatrixD* W, NCOptions 
 /// lower class index.
 template <class DX, class Labels, class DW, class DB>
 double nc4(const Eigen::MatrixBase<DX>& features, const Labels& labels, const ClassStats& stats,
-           const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DB>& bias, NC4Options options = {}) {
+           const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DB>& bias,
+           NC4Options options = {}) {
   using T = typename DX::Scalar;
   static_assert(detail::is_supported_scalar<T>::value, "features must be float or double");
-  static_assert(detail::is_supported_scalar<typename DW::Scalar>::value, "W must be float or double");
+  static_assert(detail::is_supported_scalar<typename DW::Scalar>::value,
+                "W must be float or double");
   const auto y = label_view(labels);
   NC_EXPECTS(features.cols() == stats.dim(),
              "features has " << features.cols() << " columns, expected dim = " << stats.dim());
   NC_EXPECTS(W.rows() == stats.num_classes() && W.cols() == stats.dim(),
              "W is " << W.rows() << " x " << W.cols() << ", expected num_classes x dim = "
                      << stats.num_classes() << " x " << stats.dim());
-  NC_EXPECTS(bias.size() == stats.num_classes() || bias.size() == 0,
-             "bias has " << bias.size() << " entries, expected num_classes = " << stats.num_classes());
+  NC_EXPECTS(
+      bias.size() == stats.num_classes() || bias.size() == 0,
+      "bias has " << bias.size() << " entries, expected num_classes = " << stats.num_classes());
   const ConstRowsRef<T> x(features);
   detail::check_features(x, "features");
   detail::check_labels(y, x.rows(), stats.num_classes(), "labels");
