@@ -67,19 +67,19 @@ inline Eigen::VectorXd top_eigenvector(const MatrixD& a, Eigen::VectorXd v0) {
   return es.eigenvectors().col(n - 1);
 }
 
-/// Gram matrix a^T a [D, D] of the rows `a` [n, D] in double; for float rows the products
-/// are formed in float over chunks of kScatterChunk rows and summed in double.
+/// Gram matrix a^T a [D, D] of the rows `a` [n, D] in double; the products are formed in the
+/// feature precision over chunks of kScatterChunk rows (lower block triangle only) and summed
+/// in double.
 template <class T>
 MatrixD gram_of_rows(const Matrix<T>& a) {
   const Index n = a.rows(), d = a.cols();
-  if (std::is_same<T, double>::value) return (a.transpose() * a).template cast<double>();
   MatrixD acc = MatrixD::Zero(d, d);
   Matrix<T> part(d, d);
   for (Index r0 = 0; r0 < n; r0 += kScatterChunk) {
-    const auto rows = a.middleRows(r0, std::min(kScatterChunk, n - r0));
-    part.noalias() = rows.transpose() * rows;
-    acc += part.template cast<double>();
+    gram_lower(a.middleRows(r0, std::min(kScatterChunk, n - r0)), part);
+    add_lower(acc, part);
   }
+  mirror_lower(acc);
   return acc;
 }
 

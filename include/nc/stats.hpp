@@ -38,8 +38,41 @@ namespace detail {
 /// Rows are centred and multiplied in chunks of this many rows; each chunk's scatter is
 /// formed in the feature precision and added to the double accumulator in chunk order.
 constexpr Index kScatterChunk = 1024;
+/// Column panel width of the blocked lower-triangle scatter products.
+constexpr Index kPanel = 128;
 /// add() processes at most this many rows at a time (bounds the per-block accumulators).
 constexpr Index kAddBlock = 1 << 13;
+/// The lower block triangle of rows^T rows [D, D] into `out` (column panels of kPanel; the
+/// blocks above the diagonal blocks are left as they were): about half the products of a
+/// full GEMM. Diagonal blocks come out full and symmetric.
+template <class R, class T>
+void gram_lower(const R& rows, Matrix<T>& out) {
+  const Index d = rows.cols();
+  for (Index j0 = 0; j0 < d; j0 += kPanel) {
+    const Index w = std::min(kPanel, d - j0);
+    out.block(j0, j0, d - j0, w).noalias() = rows.rightCols(d - j0).transpose() * rows.middleCols(j0, w);
+  }
+}
+
+/// acc += part on the lower block triangle written by gram_lower.
+template <class T>
+void add_lower(MatrixD& acc, const Matrix<T>& part) {
+  const Index d = acc.cols();
+  for (Index j0 = 0; j0 < d; j0 += kPanel) {
+    const Index w = std::min(kPanel, d - j0);
+    acc.block(j0, j0, d - j0, w) += part.block(j0, j0, d - j0, w).template cast<double>();
+  }
+}
+
+/// Copies the lower block triangle to the upper one, making `acc` symmetric.
+inline void mirror_lower(MatrixD& acc) {
+  const Index d = acc.cols();
+  for (Index j0 = 0; j0 < d; j0 += kPanel) {
+    const Index w = std::min(kPanel, d - j0);
+    acc.block(j0, j0 + w, w, d - j0 - w) = acc.block(j0 + w, j0, d - j0 - w, w).transpose();
+  }
+}
+
 }  // namespace detail
 
 class ClassStats {
@@ -257,10 +290,11 @@ class ClassStats {
         for (Index k = 0; k < m; ++k)
           centred[t].row(k) = (x.row(r0 + k).template cast<double>() - bmean.row(slot[r0 + k])).template cast<T>();
         const auto rows = centred[t].topRows(m);
-        part[t].noalias() = rows.transpose() * rows;
+        detail::gram_lower(rows, part[t]);
       });
-      for (int t = 0; t < active; ++t) acc += part[t].template cast<double>();
+      for (int t = 0; t < active; ++t) detail::add_lower(acc, part[t]);
     }
+    detail::mirror_lower(acc);
     return acc;
   }
 
