@@ -78,21 +78,17 @@ void agree(MPI_Comm comm, F&& f) {
   throw ::nc::error("rank " + std::to_string(failing) + ": " + msg);
 }
 
-/// Sum of `x` over all ranks, identical on every rank (reduce to 0, then broadcast).
-inline void sum_everywhere(double* x, int n, MPI_Comm comm) {
-  const int me = rank_of(comm);
-  if (n == 0) return;
-  check_mpi(MPI_Reduce(me == 0 ? MPI_IN_PLACE : x, me == 0 ? x : nullptr, n, MPI_DOUBLE, MPI_SUM, 0, comm),
-            "MPI_Reduce");
-  check_mpi(MPI_Bcast(x, n, MPI_DOUBLE, 0, comm), "MPI_Bcast");
-}
+inline MPI_Datatype mpi_type(const double*) { return MPI_DOUBLE; }
+inline MPI_Datatype mpi_type(const int64_t*) { return MPI_INT64_T; }
 
-inline void sum_everywhere(int64_t* x, int n, MPI_Comm comm) {
+/// Sum of `x` over all ranks, identical on every rank (reduce to 0, then broadcast).
+template <class T>
+void sum_everywhere(T* x, int n, MPI_Comm comm) {
   const int me = rank_of(comm);
   if (n == 0) return;
-  check_mpi(MPI_Reduce(me == 0 ? MPI_IN_PLACE : x, me == 0 ? x : nullptr, n, MPI_INT64_T, MPI_SUM, 0, comm),
+  check_mpi(MPI_Reduce(me == 0 ? MPI_IN_PLACE : x, me == 0 ? x : nullptr, n, mpi_type(x), MPI_SUM, 0, comm),
             "MPI_Reduce");
-  check_mpi(MPI_Bcast(x, n, MPI_INT64_T, 0, comm), "MPI_Bcast");
+  check_mpi(MPI_Bcast(x, n, mpi_type(x), 0, comm), "MPI_Bcast");
 }
 
 /// Sums a large buffer in pieces (MPI counts are int).
