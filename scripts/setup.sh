@@ -10,7 +10,8 @@ packages=(
   libtorch-dev
   libfaiss-dev python3-faiss libopenblas0-pthread
   libcli11-dev nlohmann-json3-dev
-  python3 python3-numpy
+  python3 python3-numpy python3-dev pybind11-dev python3-pytest python3-torch
+  clang libclang-rt-14-dev
   gnuplot-nox
 )
 

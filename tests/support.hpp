@@ -2,6 +2,7 @@
 // that do not reuse library code paths, and loaders for the bundled real data.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -70,16 +71,30 @@ inline RealData load_omniglot() {
   return r;
 }
 
-/// The first `n` MNIST test digits as [n, 784] doubles in [0, 1] with digit labels.
+/// `n` MNIST test digits as [n, 784] doubles in [0, 1] with digit labels: a fixed random
+/// subset (the bundled file is sorted by digit, so its first rows are all zeros), in file order.
 inline RealData load_mnist(Index n = 10000) {
   const std::string dir = NCML_DATA_DIR;
   const auto img = nc::read_idx(dir + "/mnist-images-idx3-ubyte.gz");
   const auto lab = nc::read_idx(dir + "/mnist-labels-idx1-ubyte.gz");
   n = std::min<Index>(n, img.items());
+  std::vector<Index> rows(static_cast<size_t>(img.items()));
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<Index>(i);
+  std::mt19937_64 rng(20261128);
+  for (size_t i = rows.size() - 1; i > 0; --i) {  // Fisher-Yates with a portable draw
+    std::swap(rows[i], rows[static_cast<size_t>(rng() % (i + 1))]);
+  }
+  rows.resize(static_cast<size_t>(n));
+  std::sort(rows.begin(), rows.end());
   RealData r;
-  r.x.resize(n, img.item_size());
-  for (Index i = 0; i < r.x.size(); ++i) r.x.data()[i] = img.data[i] / 255.0;
-  r.labels.assign(lab.data.begin(), lab.data.begin() + n);
+  const Index d = img.item_size();
+  r.x.resize(n, d);
+  r.labels.resize(static_cast<size_t>(n));
+  for (Index i = 0; i < n; ++i) {
+    const Index src = rows[static_cast<size_t>(i)];
+    for (Index j = 0; j < d; ++j) r.x(i, j) = img.data[static_cast<size_t>(src * d + j)] / 255.0;
+    r.labels[static_cast<size_t>(i)] = lab.data[static_cast<size_t>(src)];
+  }
   return r;
 }
 

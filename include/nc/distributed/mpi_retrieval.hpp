@@ -411,178 +411,14 @@ KnnResult knn_sharded(const ConstRowsRef<TQ>& q, const ConstRowsRef<TG>& g, Inde
 // ---------------------------------------------------------------------------------------------
 // evaluate_retrieval
 
-/// The rank-counting sink of detail/knn/rank_count.hpp for a gallery shard: candidate keys
-/// carry global gallery indices (gallery row g of the shard is global row first + g), so
-/// ties between shards are broken as in one process. Each rank counts only its own
+/// The rank-counting sink of detail/knn/rank_count.hpp, keyed by global gallery rows for a
+/// gallery shard (gallery row g of the shard is global row first + g), so ties between
+/// shards are broken as in one process. Each rank counts only its own
 /// negatives; a positive it stops counting (its rank on this rank alone already reaches L)
 /// has a global rank >= L as well, so the sums over ranks are exact for every positive
 /// still counted on all ranks.
-template <class P>
-class ShardRankCounter {
- public:
-  using Key = typename P::Key;
-
-  ShardRankCounter(const std::vector<int64_t>& offsets, const std::vector<Key>& positives,
-                   const std::vector<int64_t>& limit, const int64_t* query_labels,
-                   const int64_t* gallery_labels, Index first)
-      : off_(offsets), pos_(positives), limit_(limit), ql_(query_labels), gl_(gallery_labels), first_(first) {
-    const Index nq = static_cast<Index>(off_.size()) - 1;
-    cnt_.assign(pos_.size(), 0);
-    live_.resize(static_cast<std::size_t>(nq));
-    before_.assign(static_cast<std::size_t>(nq), 0);
-    thr_.resize(static_cast<std::size_t>(nq));
-    for (Index q = 0; q < nq; ++q) {
-      live_[q] = off_[q + 1] - off_[q];
-      thr_[q] = live_[q] > 0 ? P::score(pos_[off_[q + 1] - 1]) : std::numeric_limits<float>::infinity();
-    }
-  }
-
-  const float* thresholds() const { return thr_.data(); }
-
-  void accept(Index q, Index g, float s) {
-    int64_t a = live_[q];
-    if (a == 0 || gl_[g] == ql_[q]) return;
-    const Key* p = pos_.data() + off_[q];
-    const Key c = P::make(s, first_ + g);
-    if (!better_(c, p[a - 1])) return;
-    const Key* base = p;
-    int64_t len = a;
-    while (len > 1) {
-      const int64_t half = len / 2;
-      base = better_(base[half - 1], c) ? base + half : base;
-      len -= half;
-    }
-    const int64_t m = (base - p) + (better_(*base, c) ? 1 : 0);
-    int64_t* cnt = cnt_.data() + off_[q];
-    ++cnt[m];
-    int64_t before = ++before_[q];
-    if (a > 1 && (a - 1) + before >= limit_[q]) {
-      while (a > 1 && (a - 1) + before >= limit_[q]) before -= cnt[--a];
-      live_[q] = a;
-      before_[q] = before;
-      thr_[q] = P::score(p[a - 1]);
-    }
-  }
-
-  std::vector<int64_t>& counts() { return cnt_; }
-  std::vector<int64_t>& live() { return live_; }
-
- private:
-  typename P::Better better_;
-  const std::vector<int64_t>& off_;
-  const std::vector<Key>& pos_;
-  const std::vector<int64_t>& limit_;
-  const int64_t* ql_;
-  const int64_t* gl_;
-  Index first_;
-  std::vector<int64_t> cnt_, live_, before_;
-  std::vector<float> thr_;
-};
-
-/// Running sums of the per-query metrics, in the layout and order of the single-process
-/// evaluator (detail::knn::evaluate_impl); every rank adds every query, in global order.
-struct MetricSums {
-  std::size_t nk = 0;
-  Index C = 0;
-  std::vector<double> sum_recall, sum_prec;
-  double sum_map = 0, sum_rp = 0, sum_mrr = 0;
-  MatrixD c_recall, c_prec;
-  Eigen::VectorXd c_map, c_rp, c_mrr;
-  std::vector<int64_t> c_n, c_lone;
-  int64_t num_queries = 0, num_lone = 0;
-
-  MetricSums(std::size_t nk_, Index C_)
-      : nk(nk_), C(C_), sum_recall(nk_, 0.0), sum_prec(nk_, 0.0),
-        c_recall(MatrixD::Zero(C_, Index(nk_))), c_prec(MatrixD::Zero(C_, Index(nk_))),
-        c_map(Eigen::VectorXd::Zero(C_)), c_rp(Eigen::VectorXd::Zero(C_)), c_mrr(Eigen::VectorXd::Zero(C_)),
-        c_n(std::size_t(C_), 0), c_lone(std::size_t(C_), 0) {}
-
-  void lone(int64_t c) {
-    ++num_lone;
-    ++c_lone[c];
-  }
-  void add(int64_t c, const ::nc::detail::knn::QueryMetrics& qm) {
-    ++num_queries;
-    ++c_n[c];
-    for (std::size_t k = 0; k < nk; ++k) {
-      sum_recall[k] += qm.recall[k];
-      sum_prec[k] += qm.precision[k];
-      c_recall(c, static_cast<Index>(k)) += qm.recall[k];
-      c_prec(c, static_cast<Index>(k)) += qm.precision[k];
-    }
-    sum_map += qm.map_at_r;
-    sum_rp += qm.r_precision;
-    sum_mrr += qm.mrr;
-    c_map[c] += qm.map_at_r;
-    c_rp[c] += qm.r_precision;
-    c_mrr[c] += qm.mrr;
-  }
-
-  /// The report, by the same operations in the same order as the single-process evaluator.
-  RetrievalReport report(const std::vector<int>& ks, bool per_class) {
-    const Index num_classes = C;
-    RetrievalReport rep;
-    rep.ks = ks;
-    rep.num_queries = num_queries;
-    rep.num_lone_queries = num_lone;
-    const double nan = std::nan("");
-    const double n = static_cast<double>(rep.num_queries);
-    rep.recall_at_k.assign(nk, nan);
-    rep.precision_at_k.assign(nk, nan);
-    if (rep.num_queries > 0) {
-      for (std::size_t k = 0; k < nk; ++k) {
-        rep.recall_at_k[k] = sum_recall[k] / n;
-        rep.precision_at_k[k] = sum_prec[k] / n;
-      }
-      rep.map_at_r = sum_map / n;
-      rep.r_precision = sum_rp / n;
-      rep.mrr = sum_mrr / n;
-    }
-    rep.class_avg_recall_at_k.assign(nk, 0.0);
-    rep.class_avg_precision_at_k.assign(nk, 0.0);
-    double avg_map = 0, avg_rp = 0, avg_mrr = 0;
-    for (Index c = 0; c < num_classes; ++c) {
-      if (c_n[c] == 0) {
-        c_recall.row(c).setConstant(nan);
-        c_prec.row(c).setConstant(nan);
-        c_map[c] = c_rp[c] = c_mrr[c] = nan;
-        continue;
-      }
-      const double cn = static_cast<double>(c_n[c]);
-      c_recall.row(c) /= cn;
-      c_prec.row(c) /= cn;
-      c_map[c] /= cn;
-      c_rp[c] /= cn;
-      c_mrr[c] /= cn;
-      ++rep.num_classes_evaluated;
-      for (std::size_t k = 0; k < nk; ++k) {
-        rep.class_avg_recall_at_k[k] += c_recall(c, static_cast<Index>(k));
-        rep.class_avg_precision_at_k[k] += c_prec(c, static_cast<Index>(k));
-      }
-      avg_map += c_map[c];
-      avg_rp += c_rp[c];
-      avg_mrr += c_mrr[c];
-    }
-    const double nc_eval = static_cast<double>(rep.num_classes_evaluated);
-    for (std::size_t k = 0; k < nk; ++k) {
-      rep.class_avg_recall_at_k[k] = nc_eval > 0 ? rep.class_avg_recall_at_k[k] / nc_eval : nan;
-      rep.class_avg_precision_at_k[k] = nc_eval > 0 ? rep.class_avg_precision_at_k[k] / nc_eval : nan;
-    }
-    rep.class_avg_map_at_r = nc_eval > 0 ? avg_map / nc_eval : nan;
-    rep.class_avg_r_precision = nc_eval > 0 ? avg_rp / nc_eval : nan;
-    rep.class_avg_mrr = nc_eval > 0 ? avg_mrr / nc_eval : nan;
-    if (per_class) {
-      rep.class_num_queries = std::move(c_n);
-      rep.class_num_lone_queries = std::move(c_lone);
-      rep.class_recall_at_k = std::move(c_recall);
-      rep.class_precision_at_k = std::move(c_prec);
-      rep.class_map_at_r = std::move(c_map);
-      rep.class_r_precision = std::move(c_rp);
-      rep.class_mrr = std::move(c_mrr);
-    }
-    return rep;
-  }
-};
+using ::nc::detail::knn::RankCounter;
+using ::nc::detail::knn::MetricSums;
 
 /// `self`: leave-one-out, the queries are the gallery (same rows, same global numbering);
 /// the pair (global i, global i) is removed.
@@ -706,7 +542,7 @@ RetrievalReport evaluate_sharded(const ConstRowsRef<TQ>& q, const std::vector<in
         const kn::EngineOptions e = kn::engine_options(o.similarity, false, o.threads, o.query_tile,
                                                        o.gallery_tile, qop.padded_rows, gallery.op.padded_rows,
                                                        nullptr);
-        ShardRankCounter<P> counter(offsets, merged, limit, bl.data(), gl.data(), gfirst);
+        RankCounter<P> counter(offsets, merged, limit, bl.data(), gl.data(), gfirst);
         kn::run(qop, &gallery.op, counter, e);
         const std::vector<int64_t>& c = counter.counts();
         const std::vector<int64_t>& live = counter.live();

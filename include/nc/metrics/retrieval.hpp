@@ -108,6 +108,118 @@ inline void query_metrics(const std::vector<int64_t>& ranks, int64_t r, const st
   out.mrr = 1.0 / static_cast<double>(first + 1);
 }
 
+/// Running sums of the per-query metrics and the report made from them: one implementation of
+/// the averaging for the CPU, sharded (MPI) and GPU evaluators, which add the queries in the
+/// same (query) order and so give bitwise equal reports.
+struct MetricSums {
+  std::size_t nk = 0;
+  Index C = 0;
+  std::vector<double> sum_recall, sum_prec;
+  double sum_map = 0, sum_rp = 0, sum_mrr = 0;
+  MatrixD c_recall, c_prec;
+  Eigen::VectorXd c_map, c_rp, c_mrr;
+  std::vector<int64_t> c_n, c_lone;
+  int64_t num_queries = 0, num_lone = 0;
+
+  MetricSums(std::size_t nk_, Index C_)
+      : nk(nk_), C(C_), sum_recall(nk_, 0.0), sum_prec(nk_, 0.0),
+        c_recall(MatrixD::Zero(C_, Index(nk_))), c_prec(MatrixD::Zero(C_, Index(nk_))),
+        c_map(Eigen::VectorXd::Zero(C_)), c_rp(Eigen::VectorXd::Zero(C_)), c_mrr(Eigen::VectorXd::Zero(C_)),
+        c_n(std::size_t(C_), 0), c_lone(std::size_t(C_), 0) {}
+
+  void lone(int64_t c) {
+    ++num_lone;
+    ++c_lone[c];
+  }
+  /// One evaluated query of class c: recall and precision at each K, then MAP@R,
+  /// R-Precision and MRR.
+  void add(int64_t c, const double* recall, const double* prec, double map, double rp, double mrr) {
+    ++num_queries;
+    ++c_n[c];
+    for (std::size_t k = 0; k < nk; ++k) {
+      sum_recall[k] += recall[k];
+      sum_prec[k] += prec[k];
+      c_recall(c, static_cast<Index>(k)) += recall[k];
+      c_prec(c, static_cast<Index>(k)) += prec[k];
+    }
+    sum_map += map;
+    sum_rp += rp;
+    sum_mrr += mrr;
+    c_map[c] += map;
+    c_rp[c] += rp;
+    c_mrr[c] += mrr;
+  }
+  void add(int64_t c, const QueryMetrics& qm) {
+    add(c, qm.recall.data(), qm.precision.data(), qm.map_at_r, qm.r_precision, qm.mrr);
+  }
+
+  /// The report, by the same operations in the same order as the single-process evaluator.
+  RetrievalReport report(const std::vector<int>& ks, bool per_class) {
+    const Index num_classes = C;
+    RetrievalReport rep;
+    rep.ks = ks;
+    rep.num_queries = num_queries;
+    rep.num_lone_queries = num_lone;
+    const double nan = std::nan("");
+    const double n = static_cast<double>(rep.num_queries);
+    rep.recall_at_k.assign(nk, nan);
+    rep.precision_at_k.assign(nk, nan);
+    if (rep.num_queries > 0) {
+      for (std::size_t k = 0; k < nk; ++k) {
+        rep.recall_at_k[k] = sum_recall[k] / n;
+        rep.precision_at_k[k] = sum_prec[k] / n;
+      }
+      rep.map_at_r = sum_map / n;
+      rep.r_precision = sum_rp / n;
+      rep.mrr = sum_mrr / n;
+    }
+    rep.class_avg_recall_at_k.assign(nk, 0.0);
+    rep.class_avg_precision_at_k.assign(nk, 0.0);
+    double avg_map = 0, avg_rp = 0, avg_mrr = 0;
+    for (Index c = 0; c < num_classes; ++c) {
+      if (c_n[c] == 0) {
+        c_recall.row(c).setConstant(nan);
+        c_prec.row(c).setConstant(nan);
+        c_map[c] = c_rp[c] = c_mrr[c] = nan;
+        continue;
+      }
+      const double cn = static_cast<double>(c_n[c]);
+      c_recall.row(c) /= cn;
+      c_prec.row(c) /= cn;
+      c_map[c] /= cn;
+      c_rp[c] /= cn;
+      c_mrr[c] /= cn;
+      ++rep.num_classes_evaluated;
+      for (std::size_t k = 0; k < nk; ++k) {
+        rep.class_avg_recall_at_k[k] += c_recall(c, static_cast<Index>(k));
+        rep.class_avg_precision_at_k[k] += c_prec(c, static_cast<Index>(k));
+      }
+      avg_map += c_map[c];
+      avg_rp += c_rp[c];
+      avg_mrr += c_mrr[c];
+    }
+    const double nc_eval = static_cast<double>(rep.num_classes_evaluated);
+    for (std::size_t k = 0; k < nk; ++k) {
+      rep.class_avg_recall_at_k[k] = nc_eval > 0 ? rep.class_avg_recall_at_k[k] / nc_eval : nan;
+      rep.class_avg_precision_at_k[k] = nc_eval > 0 ? rep.class_avg_precision_at_k[k] / nc_eval : nan;
+    }
+    rep.class_avg_map_at_r = nc_eval > 0 ? avg_map / nc_eval : nan;
+    rep.class_avg_r_precision = nc_eval > 0 ? avg_rp / nc_eval : nan;
+    rep.class_avg_mrr = nc_eval > 0 ? avg_mrr / nc_eval : nan;
+    if (per_class) {
+      rep.class_num_queries = std::move(c_n);
+      rep.class_num_lone_queries = std::move(c_lone);
+      rep.class_recall_at_k = std::move(c_recall);
+      rep.class_precision_at_k = std::move(c_prec);
+      rep.class_map_at_r = std::move(c_map);
+      rep.class_r_precision = std::move(c_rp);
+      rep.class_mrr = std::move(c_mrr);
+    }
+    return rep;
+  }
+};
+
+
 template <class L>
 std::vector<int64_t> labels_as_int64(LabelView<L> y) {
   std::vector<int64_t> out(static_cast<std::size_t>(y.size));
@@ -220,101 +332,25 @@ RetrievalReport evaluate_impl(const ConstRowsRef<TQ>& q, const std::vector<int64
   const EngineOptions e =
       engine_options(o.similarity, self, o.threads, self ? tile : o.query_tile, o.gallery_tile,
                      qop.padded_rows, self ? qop.padded_rows : gop.padded_rows, &o.progress);
-  RankCounter<P> counter(offsets, std::move(positives), std::move(limit), ql.data(), gl.data());
+  RankCounter<P> counter(offsets, positives, limit, ql.data(), gl.data());
   run(qop, self ? nullptr : &gop, counter, e);
 
   // Per-query metrics, then averages in query order (deterministic).
-  const std::size_t nk = o.ks.size();
-  RetrievalReport rep;
-  rep.ks = o.ks;
-  std::vector<double> sum_recall(nk, 0.0), sum_prec(nk, 0.0);
-  double sum_map = 0, sum_rp = 0, sum_mrr = 0;
-  MatrixD c_recall = MatrixD::Zero(num_classes, static_cast<Index>(nk)), c_prec = c_recall;
-  Eigen::VectorXd c_map = Eigen::VectorXd::Zero(num_classes), c_rp = c_map, c_mrr = c_map;
-  std::vector<int64_t> c_n(static_cast<std::size_t>(num_classes), 0), c_lone = c_n;
+  MetricSums sums(o.ks.size(), num_classes);
   std::vector<int64_t> ranks;
   QueryMetrics qm;
   for (Index i = 0; i < nq; ++i) {
     const int64_t r = offsets[i + 1] - offsets[i];
     const int64_t c = ql[i];
     if (r == 0) {
-      ++rep.num_lone_queries;
-      ++c_lone[c];
+      sums.lone(c);
       continue;
     }
     counter.ranks(i, ranks);
     query_metrics(ranks, r, o.ks, qm);
-    ++rep.num_queries;
-    ++c_n[c];
-    for (std::size_t k = 0; k < nk; ++k) {
-      sum_recall[k] += qm.recall[k];
-      sum_prec[k] += qm.precision[k];
-      c_recall(c, static_cast<Index>(k)) += qm.recall[k];
-      c_prec(c, static_cast<Index>(k)) += qm.precision[k];
-    }
-    sum_map += qm.map_at_r;
-    sum_rp += qm.r_precision;
-    sum_mrr += qm.mrr;
-    c_map[c] += qm.map_at_r;
-    c_rp[c] += qm.r_precision;
-    c_mrr[c] += qm.mrr;
+    sums.add(c, qm);
   }
-  const double nan = std::nan("");
-  const double n = static_cast<double>(rep.num_queries);
-  rep.recall_at_k.assign(nk, nan);
-  rep.precision_at_k.assign(nk, nan);
-  if (rep.num_queries > 0) {
-    for (std::size_t k = 0; k < nk; ++k) {
-      rep.recall_at_k[k] = sum_recall[k] / n;
-      rep.precision_at_k[k] = sum_prec[k] / n;
-    }
-    rep.map_at_r = sum_map / n;
-    rep.r_precision = sum_rp / n;
-    rep.mrr = sum_mrr / n;
-  }
-  // Per-class averages, then their average over the classes that have evaluated queries.
-  rep.class_avg_recall_at_k.assign(nk, 0.0);
-  rep.class_avg_precision_at_k.assign(nk, 0.0);
-  double avg_map = 0, avg_rp = 0, avg_mrr = 0;
-  for (Index c = 0; c < num_classes; ++c) {
-    if (c_n[c] == 0) {
-      c_recall.row(c).setConstant(nan);
-      c_prec.row(c).setConstant(nan);
-      c_map[c] = c_rp[c] = c_mrr[c] = nan;
-      continue;
-    }
-    const double cn = static_cast<double>(c_n[c]);
-    c_recall.row(c) /= cn;
-    c_prec.row(c) /= cn;
-    c_map[c] /= cn;
-    c_rp[c] /= cn;
-    c_mrr[c] /= cn;
-    ++rep.num_classes_evaluated;
-    for (std::size_t k = 0; k < nk; ++k) {
-      rep.class_avg_recall_at_k[k] += c_recall(c, static_cast<Index>(k));
-      rep.class_avg_precision_at_k[k] += c_prec(c, static_cast<Index>(k));
-    }
-    avg_map += c_map[c];
-    avg_rp += c_rp[c];
-    avg_mrr += c_mrr[c];
-  }
-  const double nc_eval = static_cast<double>(rep.num_classes_evaluated);
-  for (std::size_t k = 0; k < nk; ++k) {
-    rep.class_avg_recall_at_k[k] = nc_eval > 0 ? rep.class_avg_recall_at_k[k] / nc_eval : nan;
-    rep.class_avg_precision_at_k[k] = nc_eval > 0 ? rep.class_avg_precision_at_k[k] / nc_eval : nan;
-  }
-  rep.class_avg_map_at_r = nc_eval > 0 ? avg_map / nc_eval : nan;
-  rep.class_avg_r_precision = nc_eval > 0 ? avg_rp / nc_eval : nan;
-  rep.class_avg_mrr = nc_eval > 0 ? avg_mrr / nc_eval : nan;
-  if (o.per_class) {
-    rep.class_num_queries = std::move(c_n);
-    rep.class_num_lone_queries = std::move(c_lone);
-    rep.class_recall_at_k = std::move(c_recall);
-    rep.class_precision_at_k = std::move(c_prec);
-    rep.class_map_at_r = std::move(c_map);
-    rep.class_r_precision = std::move(c_rp);
-    rep.class_mrr = std::move(c_mrr);
-  }
+  RetrievalReport rep = sums.report(o.ks, o.per_class);
   if (o.progress) o.progress(1.0);
   return rep;
 }

@@ -33,7 +33,10 @@ namespace nc::detail::knn {
 using GebpTraits = Eigen::internal::gebp_traits<float, float>;
 /// Tile rows are a multiple of this (the micro-kernel's register panel height).
 constexpr Index kRowAlign = GebpTraits::mr;
+// nvcc's device pass sees Eigen without SIMD (other constants); the kernels here are host-only.
+#if !defined(__CUDA_ARCH__)
 static_assert(GebpTraits::mr % GebpTraits::nr == 0, "tile rows double as tile columns");
+#endif
 
 inline Index round_up(Index x, Index m) { return (x + m - 1) / m * m; }
 
@@ -55,9 +58,18 @@ class PackedRows {
       : rows_(rows), dim_(dim), kc_(kc) {
     using LhsMapper = Eigen::internal::const_blas_data_mapper<float, Index, Eigen::RowMajor>;
     using RhsMapper = Eigen::internal::const_blas_data_mapper<float, Index, Eigen::ColMajor>;
+// The packet type (__m512 and friends) carries alignment attributes that GCC reports as
+// ignored when it is a template argument; Eigen itself uses it the same way.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
     Eigen::internal::gemm_pack_lhs<float, Index, LhsMapper, GebpTraits::mr, GebpTraits::LhsProgress,
                                    GebpTraits::LhsPacket4Packing, Eigen::RowMajor>
         pack_lhs;
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
     Eigen::internal::gemm_pack_rhs<float, Index, RhsMapper, GebpTraits::nr, Eigen::ColMajor> pack_rhs;
     const std::size_t total = static_cast<std::size_t>(rows) * static_cast<std::size_t>(dim);
     if (as_lhs) lhs_.resize(total);

@@ -33,14 +33,14 @@ class RankCounter {
   using Key = typename P::Key;
 
   /// `offsets` [Q + 1] delimit each query's positives in `positives`, sorted best first.
-  /// `limit[q]` = L for query q. Labels are compared to skip positives in the main pass.
-  RankCounter(std::vector<int64_t> offsets, std::vector<Key> positives, std::vector<int64_t> limit,
-              const int64_t* query_labels, const int64_t* gallery_labels)
-      : off_(std::move(offsets)),
-        pos_(std::move(positives)),
-        limit_(std::move(limit)),
-        ql_(query_labels),
-        gl_(gallery_labels) {
+  /// `limit[q]` = L for query q. Labels are compared to skip positives in the main pass. The
+  /// three vectors are read in place and must outlive the counter. Gallery row g is keyed as
+  /// `first + g` (the global row of a gallery shard; 0 for a whole gallery), so that ties are
+  /// broken by the same indices as in the positive lists.
+  RankCounter(const std::vector<int64_t>& offsets, const std::vector<Key>& positives,
+              const std::vector<int64_t>& limit, const int64_t* query_labels,
+              const int64_t* gallery_labels, Index first = 0)
+      : off_(offsets), pos_(positives), limit_(limit), ql_(query_labels), gl_(gallery_labels), first_(first) {
     const Index nq = static_cast<Index>(off_.size()) - 1;
     cnt_.assign(pos_.size(), 0);
     live_.resize(static_cast<std::size_t>(nq));
@@ -58,7 +58,7 @@ class RankCounter {
     int64_t a = live_[q];
     if (a == 0 || gl_[g] == ql_[q]) return;
     const Key* p = pos_.data() + off_[q];
-    const Key c = P::make(s, g);
+    const Key c = P::make(s, first_ + g);
     if (!better_(c, p[a - 1])) return;
     // m = number of positives ranked before c (branch-free binary search over p[0, a)).
     const Key* base = p;
@@ -80,6 +80,11 @@ class RankCounter {
     }
   }
 
+  /// Negatives counted before each positive, and the number of positives still counted, per
+  /// query (for merging the counts of several gallery shards).
+  std::vector<int64_t>& counts() { return cnt_; }
+  std::vector<int64_t>& live() { return live_; }
+
   /// Ranks of the live positives of query q (ascending), written to `ranks`; returns their
   /// number. Positives not listed have rank >= L.
   Index ranks(Index q, std::vector<int64_t>& ranks) const {
@@ -96,11 +101,12 @@ class RankCounter {
 
  private:
   typename P::Better better_;
-  std::vector<int64_t> off_;
-  std::vector<Key> pos_;
-  std::vector<int64_t> limit_;
+  const std::vector<int64_t>& off_;
+  const std::vector<Key>& pos_;
+  const std::vector<int64_t>& limit_;
   const int64_t* ql_;
   const int64_t* gl_;
+  Index first_;
   std::vector<int64_t> cnt_, live_, before_;
   std::vector<float> thr_;
 };
