@@ -100,7 +100,17 @@ inline Eigen::VectorXd signed_unit(Eigen::VectorXd v, const Eigen::VectorXd& mea
 
 /// First right singular vector of the rows `e` [n, D] (uncentred), signed towards their mean.
 template <class T>
-Eigen::VectorXd uncentred_pc1(const Matrix<T>& e) {
+Eigen::VectorXd uncentred_pc1(const Matrix<T>& e_in) {
+  // The direction does not depend on the scale of the rows: rows whose largest entry is far
+  // from 1 (where the Gram matrix, formed in the feature precision, would overflow or lose
+  // its smallest products) are scaled by a power of two, exactly. Typical data are untouched.
+  const double largest = static_cast<double>(e_in.cwiseAbs().maxCoeff());
+  int exponent = 0;
+  std::frexp(largest, &exponent);
+  const bool rescale = largest > 0 && (exponent > 40 || exponent < -40);
+  Matrix<T> scaled;
+  if (rescale) scaled = (e_in.template cast<double>() * std::ldexp(1.0, -exponent)).template cast<T>();
+  const Matrix<T>& e = rescale ? scaled : e_in;
   const Index n = e.rows(), d = e.cols();
   const Eigen::VectorXd mean = e.template cast<double>().colwise().mean().transpose();
   if (n == 1) return signed_unit(e.row(0).template cast<double>().transpose(), mean);

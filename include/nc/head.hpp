@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 #include <cstdint>
 
 #include <Eigen/Core>
@@ -143,6 +144,14 @@ inline void check_head_options(const HeadOptions& o) {
   NC_EXPECTS(std::isfinite(o.scale) && o.scale > 0, "scale must be positive and finite, got " << o.scale);
 }
 
+/// w * scale in float; throws when an entry leaves the float range (a huge scale).
+inline MatrixF scaled_head(const MatrixD& w, double scale) {
+  const double largest = w.cwiseAbs().maxCoeff() * scale;
+  NC_EXPECTS(largest <= double(std::numeric_limits<float>::max()),
+             "scale = " << scale << " makes the head overflow float (largest entry " << largest << ")");
+  return (w * scale).cast<float>();
+}
+
 }  // namespace detail
 
 /// Head [C, D] for the data-free methods (simplex_etf, kaiming_normal, xavier_uniform).
@@ -152,7 +161,7 @@ inline MatrixF init_head(Index num_classes, Index dim, HeadOptions options) {
   NC_EXPECTS(dim > 0, "dim must be positive, got " << dim);
   NC_EXPECTS(options.num_classes == -1 || options.num_classes == num_classes,
              "options.num_classes = " << options.num_classes << " disagrees with num_classes = " << num_classes);
-  return (detail::data_free_head(num_classes, dim, options) * options.scale).cast<float>();
+  return detail::scaled_head(detail::data_free_head(num_classes, dim, options), options.scale);
 }
 
 /// Head [C, D] (float) from `features` [N, D] and `labels` [N]; defaults to NC-Init (nc_pc1).
@@ -187,7 +196,7 @@ MatrixF init_head(const Eigen::MatrixBase<D>& features, const Labels& labels, He
     default:
       w = detail::data_free_head(C, d, options);
   }
-  return (w * options.scale).cast<float>();
+  return detail::scaled_head(w, options.scale);
 }
 
 }  // namespace nc

@@ -90,6 +90,29 @@ inline void check_similarity(Similarity s) {
              "similarity has an invalid value " << static_cast<int>(s));
 }
 
+/// The largest Euclidean row norm (in double).
+template <class T>
+double max_row_norm(const ConstRowsRef<T>& x) {
+  double m = 0;
+  for (Index i = 0; i < x.rows(); ++i) m = std::max(m, x.row(i).template cast<double>().norm());
+  return m;
+}
+
+/// Scores are computed in float: for inner_product and neg_squared_l2 they (and every
+/// partial sum) are bounded by |q||g| and (|q| + |g|)^2, which must stay well inside the
+/// float range, else the ranking would be of Inf/NaN values. Cosine normalizes first.
+template <class TQ, class TG>
+void check_score_range(Similarity s, const ConstRowsRef<TQ>& q, const ConstRowsRef<TG>& g, const char* qname,
+                       const char* gname) {
+  if (s == Similarity::cosine) return;
+  const double qn = max_row_norm(q), gn = max_row_norm(g);
+  const double bound = s == Similarity::inner_product ? qn * gn : (qn + gn) * (qn + gn);
+  NC_EXPECTS(bound <= 0.25 * double(std::numeric_limits<float>::max()),
+             (s == Similarity::inner_product ? "inner_product" : "neg_squared_l2")
+                 << " scores would overflow float: the largest row norms are " << qn << " (" << qname << ") and "
+                 << gn << " (" << gname << "); scale the features down (cosine does not depend on scale)");
+}
+
 /// True when both arguments view the same rows in memory (then one symmetric pass serves).
 template <class TA, class TB>
 bool same_rows(const ConstRowsRef<TA>& a, const ConstRowsRef<TB>& b) {
@@ -179,6 +202,7 @@ KnnResult knn(const Eigen::MatrixBase<DQ>& queries, const Eigen::MatrixBase<DG>&
   NC_EXPECTS(g.cols() == q.cols(), "gallery has " << g.cols() << " columns but queries have "
                                                   << q.cols() << " (dimension mismatch)");
   NC_EXPECTS(k > 0, "k must be positive, got k = " << k);
+  detail::knn::check_score_range(options.similarity, q, g, "queries", "gallery");
   if (options.exclude_self)
     NC_EXPECTS(q.rows() == g.rows(), "exclude_self needs queries and gallery of the same rows, got "
                                          << q.rows() << " queries and " << g.rows()

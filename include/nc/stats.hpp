@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <cstdint>
 #include <vector>
 
@@ -267,7 +268,17 @@ class ClassStats {
       bsq[p] = std::max(0.0, (s2 - s1.cwiseAbs2() / cnt).sum());
     });
     MatrixD bscatter;
-    if (has_scatter()) bscatter = chunked_scatter<T>(x, slot, bmean);
+    if (has_scatter()) {
+      // Float products of deviations summed over a chunk stay below sum_c q_c; when that
+      // approaches the float range (features near 1e19 and beyond) the scatter is formed in
+      // double instead (a double copy of the batch).
+      if (std::is_same<T, float>::value && !(bsq.sum() <= 1e36)) {
+        const MatrixD xd = x.template cast<double>();
+        bscatter = chunked_scatter<double>(ConstRowsRef<double>(xd), slot, bmean);
+      } else {
+        bscatter = chunked_scatter<T>(x, slot, bmean);
+      }
+    }
     combine(classes, bcount, bmean, bsq, has_scatter() ? &bscatter : nullptr);
   }
 

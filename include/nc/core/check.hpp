@@ -4,6 +4,8 @@
 // the row or class, and the value found.
 #pragma once
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -30,6 +32,10 @@ void check_features(const Eigen::MatrixBase<D>& x, const char* name) {
   }
 }
 
+/// Class counts up to this are always accepted when inferred from the labels; beyond it the
+/// largest label may be at most 16 times the number of rows.
+constexpr Index kMaxSparseClasses = Index(1) << 24;
+
 /// Throws unless `labels` has `n` entries, all non-negative and below `num_classes`
 /// (when num_classes >= 0). Returns max(label) + 1.
 template <class L>
@@ -45,6 +51,12 @@ Index check_labels(LabelView<L> labels, Index n, Index num_classes, const char* 
                     << num_classes << ")");
     if (y > max_label) max_label = static_cast<Index>(y);
   }
+  // Per-class memory is sized by the largest label: an inferred class count far beyond the
+  // rows (sparse ids such as hashes) is refused before anything is allocated.
+  NC_EXPECTS(num_classes >= 0 || max_label + 1 <= std::max<Index>(kMaxSparseClasses, 16 * n),
+             name << " has label " << max_label << ", which implies " << max_label + 1
+                  << " classes for " << n << " rows; relabel the classes to 0 .. C-1"
+                  << " (or pass num_classes where the call takes it)");
   return max_label + 1;
 }
 

@@ -461,7 +461,7 @@ void read_elements(InFile& in, const std::string& path, T* dst, int64_t count, i
 }
 
 template <class T>
-void read_payload(InFile& in, const NpyHeader& h, const std::string& path, T* dst, int64_t cols) {
+void check_dtype_for(const NpyHeader& h, const std::string& path) {
   static_assert(std::is_arithmetic<T>::value, "npy: T must be arithmetic");
   const bool want_float = std::is_floating_point<T>::value;
   NC_EXPECTS(is_floating(h.dtype) == want_float,
@@ -470,6 +470,11 @@ void read_payload(InFile& in, const NpyHeader& h, const std::string& path, T* ds
                                    "a.astype(np.float32)"
                                  : "integers (int32, int64 or uint8) are expected; convert with "
                                    "a.astype(np.int64)"));
+}
+
+/// Reads the payload into `dst` (the dtype was checked with check_dtype_for<T>).
+template <class T>
+void read_payload(InFile& in, const NpyHeader& h, const std::string& path, T* dst, int64_t cols) {
   switch (h.dtype) {
     case NpyDtype::float32:
       if constexpr (std::is_floating_point<T>::value) read_elements<float>(in, path, dst, h.count(), cols);
@@ -610,6 +615,7 @@ Matrix<T> read_npy_matrix(const std::string& path) {
   NC_EXPECTS(h.shape.size() == 2, path << ": " << detail::npy::rank_problem(h, 2));
   NC_EXPECTS(h.shape[0] <= std::numeric_limits<Index>::max() && h.shape[1] <= std::numeric_limits<Index>::max(),
              path << ": shape " << detail::npy::shape_string(h.shape) << " too large for this platform");
+  detail::npy::check_dtype_for<T>(h, path);  // also for an empty array
   Matrix<T> m(static_cast<Index>(h.shape[0]), static_cast<Index>(h.shape[1]));
   if (m.size()) detail::npy::read_payload<T>(in, h, path, m.data(), h.shape[1]);
   return m;
@@ -624,6 +630,7 @@ std::vector<T> read_npy_vector(const std::string& path) {
                                        << (h.shape.size() == 2 ? " (flatten it with a.ravel())" : ""));
   NC_EXPECTS(uint64_t(h.shape[0]) <= uint64_t(std::numeric_limits<std::size_t>::max() / sizeof(T)),
              path << ": shape " << detail::npy::shape_string(h.shape) << " too large for this platform");
+  detail::npy::check_dtype_for<T>(h, path);  // also for an empty array
   std::vector<T> v(static_cast<std::size_t>(h.shape[0]));
   if (!v.empty()) detail::npy::read_payload<T>(in, h, path, v.data(), 0);
   return v;
@@ -653,6 +660,7 @@ void write_npy(AtomicFile& out, const Eigen::MatrixBase<D>& a) {
     out.write(v.data(), sizeof(T) * std::size_t(v.size()));
     return;
   }
+  if (a.rows() == 0 || a.cols() == 0) return;  // no payload (and no row buffer to allocate)
   Eigen::Matrix<T, 1, Eigen::Dynamic> row(a.cols());
   for (Index i = 0; i < a.rows(); ++i) {
     row = a.row(i);

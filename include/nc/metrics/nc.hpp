@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -463,10 +464,35 @@ double nc4_impl(const ConstRowsRef<T>& x, LabelView<L> y, const ClassStats& stat
   return acc / double(classes);
 }
 
+/// sum_i ||(x_i - mu_{y_i}) A||^2 with rows centred in double, rounded to U, projected in U and
+/// each block's squared norm summed in double; blocks are combined in order.
+template <class U, class T, class L>
+double nc1_blocks(const ConstRowsRef<T>& x, LabelView<L> y, const MatrixD& mu, const Projection& p, int threads) {
+  const Index n = x.rows(), d = x.cols();
+  const Matrix<U> a = p.a.template cast<U>();
+  const Index rows = block_rows(d);
+  const Index blocks = (n + rows - 1) / rows, tasks = (blocks + kNCTask - 1) / kNCTask;
+  std::vector<double> part(blocks, 0.0);
+  parallel_for(tasks, threads, [&](Index task) {
+    Matrix<U> xc(rows, d), z(rows, p.rank);
+    for (Index blk = task * kNCTask; blk < std::min(blocks, (task + 1) * kNCTask); ++blk) {
+      const Index r0 = blk * rows, m = std::min(rows, n - r0);
+      for (Index i = 0; i < m; ++i)
+        xc.row(i) = (x.row(r0 + i).template cast<double>() - mu.row(static_cast<Index>(y[r0 + i])))
+                        .template cast<U>();
+      z.topRows(m).noalias() = xc.topRows(m) * a;
+      part[blk] = z.topRows(m).template cast<double>().squaredNorm();
+    }
+  });
+  double acc = 0;
+  for (double v : part) acc += v;
+  return acc;
+}
+
 template <class T, class L>
 NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassStats& stats,
                         const NC1Options& o) {
-  const Index n = x.rows(), d = x.cols(), C = stats.num_classes();
+  const Index n = x.rows(), C = stats.num_classes();
   VectorI64 counts = VectorI64::Zero(C);
   for (Index i = 0; i < n; ++i) ++counts[static_cast<Index>(y[i])];
   for (Index c = 0; c < C; ++c)
@@ -476,27 +502,13 @@ NC1Result nc1_data_pass(const ConstRowsRef<T>& x, LabelView<L> y, const ClassSta
                               << ": pass the data the statistics were built from");
   const CentredMeans cm = centred_means(stats, o.unweighted_global_mean);
   const Projection p = projection(cm, o.rank_tol);
-  const Matrix<T> a = p.a.template cast<T>();
-  const MatrixD& mu = stats.means();
-
-  // Each block's rows are centred by their class mean in double, rounded to T, projected in
-  // T, and its squared norm summed in double; blocks are combined in order.
-  const Index rows = block_rows(d);
-  const Index blocks = (n + rows - 1) / rows, tasks = (blocks + kNCTask - 1) / kNCTask;
-  std::vector<double> part(blocks, 0.0);
-  parallel_for(tasks, o.threads, [&](Index task) {
-    Matrix<T> xc(rows, d), z(rows, p.rank);
-    for (Index blk = task * kNCTask; blk < std::min(blocks, (task + 1) * kNCTask); ++blk) {
-      const Index r0 = blk * rows, m = std::min(rows, n - r0);
-      for (Index i = 0; i < m; ++i)
-        xc.row(i) = (x.row(r0 + i).template cast<double>() - mu.row(static_cast<Index>(y[r0 + i])))
-                        .template cast<T>();
-      z.topRows(m).noalias() = xc.topRows(m) * a;
-      part[blk] = z.topRows(m).template cast<double>().squaredNorm();
-    }
-  });
-  double acc = 0;
-  for (double v : part) acc += v;
+  // Float products are safe while |z| <= |x - mu| |a| stays far inside the float range; data
+  // of extreme scale (|x - mu| or 1/|x - mu| beyond about 1e15) take the same pass in double.
+  const double a_norm = p.a.norm();
+  const double dev_norm = std::sqrt(stats.class_sq_deviations().maxCoeff());
+  const bool wide = std::is_same<T, float>::value && !(a_norm <= 1e15 && dev_norm <= 1e15);
+  const double acc = wide ? nc1_blocks<double>(x, y, stats.means(), p, o.threads)
+                          : nc1_blocks<T>(x, y, stats.means(), p, o.threads);
   NC1Result r;
   r.value = acc / double(n);
   r.rank = p.rank;

@@ -381,6 +381,7 @@ RetrievalReport evaluate_retrieval(const Eigen::MatrixBase<D>& features, const L
   detail::check_features(x, "features");
   const Index num_classes = detail::check_labels(y, x.rows(), -1, "labels");
   detail::knn::check_ks(options.ks, x.rows() - 1, true);
+  detail::knn::check_score_range(options.similarity, x, x, "features", "features");
   const std::vector<int64_t> yl = detail::knn::labels_as_int64(y);
   if (x.rows() < static_cast<Index>(std::numeric_limits<uint32_t>::max()))
     return detail::knn::evaluate_impl<detail::knn::Packed32, T, T>(x, yl, nullptr, yl, num_classes, options);
@@ -410,6 +411,7 @@ RetrievalReport evaluate_retrieval(const Eigen::MatrixBase<DQ>& queries, const L
   const Index cq = detail::check_labels(yq, q.rows(), -1, "query_labels");
   const Index cg = detail::check_labels(yg, g.rows(), -1, "gallery_labels");
   detail::knn::check_ks(options.ks, g.rows(), false);
+  detail::knn::check_score_range(options.similarity, q, g, "queries", "gallery");
   const std::vector<int64_t> lq = detail::knn::labels_as_int64(yq), lg = detail::knn::labels_as_int64(yg);
   const Index num_classes = std::max(cq, cg);
   if (g.rows() < static_cast<Index>(std::numeric_limits<uint32_t>::max()))
