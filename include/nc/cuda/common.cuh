@@ -478,6 +478,33 @@ void download(T* h, const T* d, std::size_t count, cudaStream_t stream) {
   NC_CUDA_TRY(cudaMemcpyAsync(h, d, count * sizeof(T), cudaMemcpyDeviceToHost, stream));
 }
 
+/// Host features [n, d] and labels [n] checked (rows, columns, label count; num_classes
+/// inferred when -1) and copied to the device as float32 rows (leading dimension d) and int64
+/// labels: the first step of every host convenience.
+struct DeviceLabelledRows {
+  Index n = 0, d = 0;
+  DeviceBuffer<float> x;
+  DeviceBuffer<int64_t> y;
+};
+template <class D, class Labels>
+DeviceLabelledRows upload_labelled_rows(const Eigen::MatrixBase<D>& features, const Labels& labels,
+                                        Index& num_classes, cudaStream_t stream) {
+  DeviceLabelledRows r;
+  r.n = features.rows();
+  r.d = features.cols();
+  check_rows(r.n, "features");
+  NC_EXPECTS(r.d > 0, "features has no columns");
+  const std::vector<int64_t> y = to_int64_labels(labels, r.n, num_classes, "labels");
+  const MatrixF x = to_float_rows(features);
+  r.x = DeviceBuffer<float>(static_cast<std::size_t>(x.size()), stream);
+  r.y = DeviceBuffer<int64_t>(y.size(), stream);
+  upload(r.x.data(), x.data(), static_cast<std::size_t>(x.size()), stream);
+  upload(r.y.data(), y.data(), y.size(), stream);
+  // The host copies die with this function: wait until the stream has read them.
+  NC_CUDA_TRY(cudaStreamSynchronize(stream));
+  return r;
+}
+
 }  // namespace detail
 
 /// Throws nc::error for input errors the device recorded in `ws` during an `*_async` call

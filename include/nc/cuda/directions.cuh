@@ -224,16 +224,11 @@ template <class D, class Labels>
 MatrixF nc_directions(const Eigen::MatrixBase<D>& features, const Labels& labels,
                       Index num_classes = -1, const DirectionOptions& options = {},
                       cudaStream_t stream = 0) {
-  const Index n = features.rows(), d = features.cols();
-  detail::check_rows(n, "features");
-  NC_EXPECTS(d > 0, "features has no columns");
-  const std::vector<int64_t> y = detail::to_int64_labels(labels, n, num_classes, "labels");
-  const MatrixF x = detail::to_float_rows(features);
-  DeviceBuffer<float> dx(x.size(), stream);
-  DeviceBuffer<int64_t> dy(y.size(), stream);
+  const detail::DeviceLabelledRows rows = detail::upload_labelled_rows(features, labels, num_classes, stream);
+  const Index n = rows.n, d = rows.d;
+  const DeviceBuffer<float>& dx = rows.x;
+  const DeviceBuffer<int64_t>& dy = rows.y;
   DeviceBuffer<float> dd(static_cast<std::size_t>(num_classes) * d, stream);
-  detail::upload(dx.data(), x.data(), x.size(), stream);
-  detail::upload(dy.data(), y.data(), y.size(), stream);
   nc_directions(dx.data(), d, dy.data(), n, d, num_classes, dd.data(), d, options, stream);
   MatrixF out(num_classes, d);
   detail::download(out.data(), dd.data(), dd.size(), stream);

@@ -248,18 +248,13 @@ NC1Result nc1(const float* d_x, Index ldx, const L* d_labels, Index n, Index d, 
 template <class D, class Labels>
 NC1Result nc1(const Eigen::MatrixBase<D>& features, const Labels& labels, Index num_classes = -1,
               const NC1Options& options = {}, cudaStream_t stream = 0) {
-  const Index n = features.rows(), d = features.cols();
-  detail::check_rows(n, "features");
-  NC_EXPECTS(d > 0, "features has no columns");
-  const std::vector<int64_t> y = detail::to_int64_labels(labels, n, num_classes, "labels");
-  const MatrixF x = detail::to_float_rows(features);
-  DeviceBuffer<float> dx(x.size(), stream);
-  DeviceBuffer<int64_t> dy(y.size(), stream);
+  const detail::DeviceLabelledRows rows = detail::upload_labelled_rows(features, labels, num_classes, stream);
+  const Index n = rows.n, d = rows.d;
+  const DeviceBuffer<float>& dx = rows.x;
+  const DeviceBuffer<int64_t>& dy = rows.y;
   DeviceBuffer<long long> dc(num_classes, stream);
   DeviceBuffer<double> dm(static_cast<std::size_t>(num_classes) * d, stream);
   DeviceBuffer<double> dsq(num_classes, stream);
-  detail::upload(dx.data(), x.data(), x.size(), stream);
-  detail::upload(dy.data(), y.data(), y.size(), stream);
   class_stats(dx.data(), d, dy.data(), n, d, num_classes, ClassStatsOutput{dc.data(), dm.data(), d, dsq.data()},
               {}, stream);
   return nc1(dx.data(), d, dy.data(), n, d, num_classes, dc.data(), dm.data(), d, options, stream);

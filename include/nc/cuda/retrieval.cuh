@@ -279,17 +279,9 @@ RetrievalReport evaluate_retrieval(const float* d_queries, Index ldq, const LQ* 
 template <class D, class Labels>
 RetrievalReport evaluate_retrieval(const Eigen::MatrixBase<D>& features, const Labels& labels,
                                    const RetrievalOptions& options = {}, cudaStream_t stream = 0) {
-  const Index n = features.rows(), d = features.cols();
-  detail::check_rows(n, "features");
-  NC_EXPECTS(d > 0, "features has no columns");
   Index classes = -1;
-  const std::vector<int64_t> y = detail::to_int64_labels(labels, n, classes, "labels");
-  const MatrixF x = detail::to_float_rows(features);
-  DeviceBuffer<float> dx(x.size(), stream);
-  DeviceBuffer<int64_t> dy(y.size(), stream);
-  detail::upload(dx.data(), x.data(), x.size(), stream);
-  detail::upload(dy.data(), y.data(), y.size(), stream);
-  return evaluate_retrieval(dx.data(), d, dy.data(), n, d, options, stream);
+  const detail::DeviceLabelledRows rows = detail::upload_labelled_rows(features, labels, classes, stream);
+  return evaluate_retrieval(rows.x.data(), rows.d, rows.y.data(), rows.n, rows.d, options, stream);
 }
 
 /// Query-vs-gallery evaluation of host matrices.
