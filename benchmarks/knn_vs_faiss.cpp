@@ -10,7 +10,9 @@
 // nc::evaluate_retrieval with ks = {1, K}. References for ncml's own GEMM: Eigen's parallel
 // GEMM over all N x N pairs (public API), and ncml's tile products alone over the tiles knn
 // computes (each pair once). Peak RSS is the process high-water mark during each call
-// (reset through /proc/self/clear_refs), minus the resident size before it.
+// (reset through /proc/self/clear_refs), minus the resident size before it. The last two
+// columns: knn with the rows packed tile by tile inside the tasks (pack_budget_bytes = 1, the
+// mode for inputs beyond the pack budget) relative to the default, and its memory.
 #include <faiss/IndexFlat.h>
 
 #include <omp.h>
@@ -108,6 +110,11 @@ void run(const Config& c, int threads, int reps, bool eval) {
   ko.threads = threads;
   nc::KnnResult r;
   const Measure tk = measure(reps, [&] { r = nc::knn(x, x, c.k, ko); });
+  // The same call with the rows prepared and packed tile by tile inside the tasks (a pack
+  // budget of one byte), as for inputs beyond the default budget.
+  nc::KnnOptions kt = ko;
+  kt.pack_budget_bytes = 1;
+  const Measure tt = measure(reps, [&] { nc::knn(x, x, c.k, kt); });
 
   // Agreement with faiss on the neighbour sets (differences only at float near-ties).
   Index same_rows = 0;
@@ -158,12 +165,13 @@ void run(const Config& c, int threads, int reps, bool eval) {
     }
   });
 
-  std::printf("| %6ld | %4ld | %5ld | %7.2f | %7.2f | **%.2fx** | %7.2f | %7.2f | %7.2f | %.2f | %.2f | %6.0f | %6.0f | %s | %.2f%% |\n",
+  std::printf("| %6ld | %4ld | %5ld | %7.2f | %7.2f | **%.2fx** | %7.2f | %7.2f | %7.2f | %.2f | %.2f | %6.0f | %6.0f | %s | %.2f%% | %.2f | %6.0f |\n",
               static_cast<long>(c.n), static_cast<long>(c.d), static_cast<long>(c.k), tf.seconds,
               tk.seconds, tf.seconds / tk.seconds, eval ? te.seconds : 0.0, tg.seconds, tp.seconds,
               tk.seconds / tg.seconds, tk.seconds / tp.seconds, tf.peak_mb, tk.peak_mb,
               eval ? (std::to_string(static_cast<int>(te.peak_mb))).c_str() : "-",
-              100.0 * static_cast<double>(same_rows) / static_cast<double>(c.n));
+              100.0 * static_cast<double>(same_rows) / static_cast<double>(c.n), tt.seconds / tk.seconds,
+              tt.peak_mb);
   std::fflush(stdout);
 }
 
@@ -186,8 +194,9 @@ int main(int argc, char** argv) {
   omp_set_num_threads(threads);
   std::printf("threads %d, best of %d; BLAS used by faiss: %s\n", threads, reps, blas_library().c_str());
   std::printf("| N | D | K | faiss s | ncml knn s | faiss/knn | ncml eval s | Eigen GEMM all pairs s | "
-              "ncml products s | knn/GEMM | knn/products | faiss MB | knn MB | eval MB | same sets |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "ncml products s | knn/GEMM | knn/products | faiss MB | knn MB | eval MB | same sets | "
+              "knn per-tile packing / knn | per-tile MB |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Config& c : configs) run(c, threads, reps, eval);
   return 0;
 }

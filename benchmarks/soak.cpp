@@ -2,7 +2,7 @@
 // peak resident memory after each stage. Not part of the tests (it takes minutes).
 //
 //   soak [--n 1000000] [--dim 128] [--classes 1000] [--queries 10000] [--k 8] [--seed 1]
-//        [--threads 0] [--full]
+//        [--threads 0] [--pack-budget BYTES] [--full]
 //
 // The features are a seeded Gaussian mixture (float32, row-major: n * dim * 4 bytes, 512 MB at
 // the default size), generated in place. Stages:
@@ -11,7 +11,10 @@
 //   2. knn of `queries` rows against the whole set (k neighbours, self excluded by index);
 //   3. evaluate_retrieval of those queries against the whole set (Recall@{1,2,4,8}, MAP@R);
 //      with --full, leave-one-out over all n rows instead (O(n^2 dim): hours on two cores).
-// After each stage it prints the wall time and the peak resident set (VmHWM) next to the bound
+// --pack-budget is the retrieval options' pack_budget_bytes (0: automatic, 256 MiB; the 512 MB
+// gallery is then packed tile by tile; 2000000000 packs it whole).
+// After each stage it prints the wall time and the peak resident set (VmHWM, reset at the
+// start of the stage) next to the bound
 // the library promises: the data plus O(Q k + tiles), i.e. the peak minus the data size should
 // stay a small, n-independent amount.
 #include <chrono>
@@ -41,6 +44,15 @@ double peak_rss_mb() {
   return -1.0;
 }
 
+/// Resets the peak resident set to the current one (Linux >= 4.0: "5" to clear_refs), so that
+/// each stage reports its own peak; false where the kernel does not allow it.
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.flush();
+  return static_cast<bool>(clear);
+}
+
 double current_rss_mb() {
   std::ifstream status("/proc/self/status");
   std::string line;
@@ -53,6 +65,7 @@ double current_rss_mb() {
 struct Args {
   nc::Index n = 1000000, dim = 128, classes = 1000, queries = 10000;
   int k = 8, threads = 0;
+  std::size_t pack_budget = 0;
   uint64_t seed = 1;
   bool full = false;
 };
@@ -75,6 +88,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--k") a.k = static_cast<int>(value());
     else if (s == "--seed") a.seed = static_cast<uint64_t>(value());
     else if (s == "--threads") a.threads = static_cast<int>(value());
+    else if (s == "--pack-budget") a.pack_budget = static_cast<std::size_t>(value());
     else if (s == "--full") a.full = true;
     else {
       std::cerr << "soak: unknown argument " << s << "\n";
@@ -91,7 +105,9 @@ Args parse(int argc, char** argv) {
 
 class Stage {
  public:
-  Stage(const char* name, double data_mb) : name_(name), data_mb_(data_mb), t0_(clock::now()) {}
+  Stage(const char* name, double data_mb) : name_(name), data_mb_(data_mb), t0_(clock::now()) {
+    reset_peak_rss();
+  }
   void done(const std::string& result) const {
     double s = std::chrono::duration<double>(clock::now() - t0_).count();
     double peak = peak_rss_mb();
@@ -156,6 +172,7 @@ int main(int argc, char** argv) {
     Stage st("knn (queries vs all)", data_mb);
     nc::KnnOptions o;
     o.threads = a.threads;
+    o.pack_budget_bytes = a.pack_budget;
     nc::KnnResult r = nc::knn(x.topRows(a.queries), x, a.k + 1, o);
     int64_t same = 0;  // neighbour 0 is the query itself; count same-class among the rest
     for (nc::Index q = 0; q < a.queries; ++q)
@@ -167,6 +184,7 @@ int main(int argc, char** argv) {
              data_mb);
     nc::RetrievalOptions o;
     o.threads = a.threads;
+    o.pack_budget_bytes = a.pack_budget;
     nc::RetrievalReport rep;
     if (a.full) {
       rep = nc::evaluate_retrieval(x, y, o);

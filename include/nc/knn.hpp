@@ -20,6 +20,7 @@
 // callback, if set, is called on the calling thread with the fraction of tiles done.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -65,6 +66,11 @@ struct KnnOptions {
   Index gallery_tile = 0;
   /// Called on the calling thread with the fraction of work done, in [0, 1].
   std::function<void(double)> progress;
+  /// Bytes of packed float copies of the rows kept for the whole call (0: automatic, 256 MiB).
+  /// A side (queries, gallery) that does not fit is converted and packed tile by tile inside
+  /// each task instead: memory is then the inputs plus O(threads x tile x D) besides the
+  /// results, for some more time. Results do not depend on it.
+  std::size_t pack_budget_bytes = 0;
 };
 
 /// Neighbours of each query, best first: indices into the gallery and their scores [Q, k].
@@ -140,15 +146,9 @@ KnnResult knn_impl(const ConstRowsRef<TQ>& q, const ConstRowsRef<TG>& g, Index k
   const bool normalize = o.similarity == Similarity::cosine;
   const bool l2 = o.similarity == Similarity::neg_squared_l2;
   const bool symmetric = same_rows(q, g);
-  Operand qop, gop;
-  {
-    const MatrixF qf = padded_rows(q, normalize);
-    qop = make_operand(qf, q.rows(), symmetric, true, l2);
-    if (!symmetric) {
-      const MatrixF gf = padded_rows(g, normalize);
-      gop = make_operand(gf, g.rows(), true, false, l2);
-    }
-  }
+  Operand qop = make_operand(RowSource(q, normalize), symmetric, true, l2, false), gop;
+  if (!symmetric) gop = make_operand(RowSource(g, normalize), true, false, l2, false);
+  choose_packing(qop, symmetric ? nullptr : &gop, o.pack_budget_bytes);
   // Symmetric tiles are square: the query tile size (or the gallery one if only it is set).
   const Index tile = o.query_tile > 0 ? o.query_tile : o.gallery_tile;
   const EngineOptions e = engine_options(

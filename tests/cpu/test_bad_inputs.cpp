@@ -49,6 +49,10 @@
 #define NCML_DATA_DIR "data"
 #endif
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_bad_inputs {
+
 namespace {
 
 using nc::Index;
@@ -979,3 +983,5 @@ TEST_CASE("IDX: overflowing sizes and payloads longer than the header are refuse
   }
   CHECK_THROWS_WITH(nc::read_idx(path), Catch::Contains("IDX payload has 0 bytes, the header says 4294967296"));
 }
+
+}  // namespace test_bad_inputs

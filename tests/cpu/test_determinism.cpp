@@ -17,6 +17,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_determinism {
+
 namespace {
 
 using nc::Index;
@@ -215,3 +219,5 @@ TEST_CASE("the CPU pipeline is bitwise reproducible across runs, thread counts a
   require_equal(ref, run(d, 0, 200), "all threads, tiles of 200");
   require_equal(ref, run(d, 2, 1), "2 threads, the smallest tiles");
 }
+
+}  // namespace test_determinism

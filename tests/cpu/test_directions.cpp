@@ -8,6 +8,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_directions {
+
 using namespace nct;
 
 namespace {
@@ -111,3 +115,5 @@ TEST_CASE("nc_directions rejects bad input", "[directions][errors]") {
   o.method = nc::Direction::centered_mean;
   CHECK_THROWS_AS(nc::nc_directions(x, std::vector<int>(20, 0), o), nc::error);
 }
+
+}  // namespace test_directions

@@ -7,6 +7,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_drift {
+
 using namespace nct;
 
 TEST_CASE("drift of random unit directions in D=512 is near 2; zero for W = reference", "[drift]") {
@@ -54,3 +58,5 @@ TEST_CASE("DriftTracker rejects bad input", "[drift][errors]") {
   n(2, 2) = NAN;
   CHECK_THROWS_WITH(d.update(n), Catch::Contains("row 2"));
 }
+
+}  // namespace test_drift

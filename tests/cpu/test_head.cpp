@@ -8,6 +8,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_head {
+
 using namespace nct;
 
 namespace {
@@ -104,3 +108,5 @@ TEST_CASE("init_head rejects bad input", "[head][errors]") {
   o.num_classes = 4;
   CHECK_THROWS_WITH(nc::init_head(x, y, o), Catch::Contains("3") && Catch::Contains("no samples"));
 }
+
+}  // namespace test_head

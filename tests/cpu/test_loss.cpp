@@ -12,6 +12,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_loss {
+
 using namespace nct;
 
 namespace {
@@ -334,3 +338,5 @@ TEST_CASE("losses: invalid input throws nc::error naming the problem", "[loss][e
                     Catch::Contains("delta = inf"));
   CHECK_THROWS_WITH(nc::norm_softmax_loss(MatrixD(0, 9), std::vector<int>{}, w), Catch::Contains("embeddings is empty"));
 }
+
+}  // namespace test_loss

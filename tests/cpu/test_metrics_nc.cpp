@@ -16,6 +16,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_metrics_nc {
+
 using namespace nct;
 
 namespace {
@@ -678,3 +682,5 @@ TEST_CASE("NC metrics reject bad input", "[nc][errors]") {
     CHECK_THROWS_WITH(nc::nc4(x, bad, s, MatrixD(MatrixD::Ones(4, 6))), Catch::Contains("row 3"));
   }
 }
+
+}  // namespace test_metrics_nc

@@ -12,6 +12,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_npy {
+
 namespace fs = std::filesystem;
 using nct::Index;
 
@@ -376,3 +380,5 @@ TEST_CASE("npy: writes are atomic and leave nothing behind on error", "[npy]") {
   fs::remove(path + ".tmp-" + std::to_string(getpid()));
   CHECK(nc::read_npy_matrix<float>(path) == b);
 }
+
+}  // namespace test_npy

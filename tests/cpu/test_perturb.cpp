@@ -9,6 +9,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_perturb {
+
 using namespace nct;
 
 TEST_CASE("perturb adds sigma * Philox noise and restores the clean weights bitwise", "[perturb]") {
@@ -117,3 +121,5 @@ TEST_CASE("Perturbation rejects bad options and writes nothing", "[perturb][erro
   CHECK_THROWS_WITH((void)p.perturb(w, -1), Catch::Contains("step") && Catch::Contains("-1"));
   CHECK(w.isOnes());
 }
+
+}  // namespace test_perturb

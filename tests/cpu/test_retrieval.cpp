@@ -18,6 +18,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_retrieval {
+
 using namespace nct;
 using nc::Similarity;
 
@@ -324,6 +328,20 @@ TEST_CASE("evaluate_retrieval: identical for any threads and tiles; label types;
   for (Index tile : {Index(1), Index(96), Index(250), Index(5000)}) {
     o.query_tile = tile;
     CHECK(identical(base, nc::evaluate_retrieval(x, y, o)));
+    // Packed tile by tile instead of whole (a budget of one byte).
+    o.pack_budget_bytes = 1;
+    CHECK(identical(base, nc::evaluate_retrieval(x, y, o)));
+    o.pack_budget_bytes = 0;
+  }
+  for (Similarity sim : {Similarity::inner_product, Similarity::neg_squared_l2}) {
+    nc::RetrievalOptions a = o, b = o;
+    a.similarity = b.similarity = sim;
+    b.pack_budget_bytes = 1;
+    b.query_tile = 96;
+    CHECK(identical(nc::evaluate_retrieval(x, y, a), nc::evaluate_retrieval(x, y, b)));
+    const MatrixF qx = x.topRows(500);
+    const std::vector<int> qy(y.begin(), y.begin() + 500);
+    CHECK(identical(nc::evaluate_retrieval(qx, qy, x, y, a), nc::evaluate_retrieval(qx, qy, x, y, b)));
   }
   const std::vector<int64_t> y64(y.begin(), y.end());
   const Eigen::VectorXi ye = Eigen::Map<const Eigen::VectorXi>(y.data(), y.size());
@@ -423,3 +441,5 @@ TEST_CASE("evaluate_retrieval agrees with faiss IndexFlatIP and the AccuracyCalc
   CHECK(rep.map_at_r == Approx(faiss.at("mean_average_precision_at_r")).margin(1e-12));
   CHECK(rep.recall_at_k[0] < 1.0);  // the data is not trivially separable
 }
+
+}  // namespace test_retrieval

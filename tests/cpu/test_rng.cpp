@@ -5,6 +5,10 @@
 
 #include <nc/core/rng.hpp>
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_rng {
+
 TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors", "[rng]") {
   // kat_vectors of Random123 (D. E. Shaw Research): philox4x32 with 10 rounds.
   {
@@ -73,3 +77,5 @@ TEST_CASE("Uniform draws lie in (0, 1) with mean 1/2", "[rng]") {
   }
   CHECK(std::abs(s / n - 0.5) < 5 * std::sqrt(1.0 / 12 / n));
 }
+
+}  // namespace test_rng

@@ -8,6 +8,10 @@
 
 #include "support.hpp"
 
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_stats {
+
 using namespace nct;
 
 namespace {
@@ -201,3 +205,5 @@ TEST_CASE("ClassStats on real data (Omniglot pixels) matches the reference", "[s
   CHECK(rel_err(s.within_covariance(), ref.sw) < 1e-5);
   CHECK(rel_err(s.between_covariance(), ref.sb) < 1e-5);
 }
+
+}  // namespace test_stats

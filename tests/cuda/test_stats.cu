@@ -372,6 +372,12 @@ TEST_CASE("invalid input throws nc::error naming the row", "[errors][small]") {
     y[5] = -2;
     CHECK_THROWS_WITH(nc::cuda::class_stats(x, y, C), Catch::Contains("negative label -2 at row 5"));
   }
+  SECTION("inferred class count far beyond the rows, refused before device memory is sized") {
+    y[9] = 2000000000;
+    CHECK_THROWS_WITH(nc::cuda::class_stats(x, y), Catch::Contains("label 2000000000") &&
+                                                     Catch::Contains("relabel"));
+    CHECK_THROWS_WITH(nc::cuda::nc1(x, y), Catch::Contains("label 2000000000"));
+  }
   SECTION("workspace too small") {
     const DeviceRows dx(x, d, false);
     const DeviceBuffer<int64_t> dy = to_device(y);

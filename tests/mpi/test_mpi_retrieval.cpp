@@ -16,27 +16,15 @@
 #include <nc/knn.hpp>
 #include <nc/metrics/retrieval.hpp>
 
-#include "support.hpp"
+#include "mpi/mpi_support.hpp"
+
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_mpi_retrieval {
 
 using namespace nct;
 
 namespace {
-int rank() { int r; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
-int size() { int s; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
-
-// Rows [begin, end) of rank r: uneven shards (rank r gets a share proportional to r + 1), and
-// the last rank holds no rows at all when there are 3 or more ranks.
-std::pair<Index, Index> shard(Index n, int r, int p) {
-  const int holders = p >= 3 ? p - 1 : p;
-  if (r >= holders) return {n, n};
-  Index total = 0;
-  for (int k = 0; k < holders; ++k) total += k + 1;
-  Index begin = 0;
-  for (int k = 0; k < r; ++k) begin += n * (k + 1) / total;
-  const Index end = r == holders - 1 ? n : begin + n * (r + 1) / total;
-  return {begin, end};
-}
-
 // The mirror split: rank 0 holds no rows with 3 or more ranks, the largest share comes first.
 std::pair<Index, Index> shard_rev(Index n, int r, int p) {
   const auto [b, e] = shard(n, p - 1 - r, p);
@@ -395,3 +383,5 @@ TEST_CASE("sharded retrieval: bad input on one rank is an error on every rank, n
   o.ks = {1, 4};
   check_same_report(nc::mpi::evaluate_retrieval(mine, my_y, MPI_COMM_WORLD, o), nc::evaluate_retrieval(s.x, s.y, o));
 }
+
+}  // namespace test_mpi_retrieval

@@ -7,27 +7,15 @@
 #include <nc/distributed/mpi.hpp>
 #include <nc/nc.hpp>
 
-#include "support.hpp"
+#include "mpi/mpi_support.hpp"
+
+// Each test file is its own namespace, so the files also build as one program
+// (unity build, NCML_UNITY_TESTS).
+namespace test_mpi_stats {
 
 using namespace nct;
 
 namespace {
-int rank() { int r; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
-int size() { int s; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
-
-// Rows [begin, end) of rank r: uneven shards (rank r gets a share proportional to r + 1), and
-// the last rank holds no rows at all when there are 3 or more ranks.
-std::pair<Index, Index> shard(Index n, int r, int p) {
-  const int holders = p >= 3 ? p - 1 : p;
-  if (r >= holders) return {n, n};
-  Index total = 0;
-  for (int k = 0; k < holders; ++k) total += k + 1;
-  Index begin = 0;
-  for (int k = 0; k < r; ++k) begin += n * (k + 1) / total;
-  const Index end = r == holders - 1 ? n : begin + n * (r + 1) / total;
-  return {begin, end};
-}
-
 struct Shard {
   MatrixD all;
   std::vector<int> all_labels;
@@ -122,3 +110,5 @@ TEST_CASE("MPI calls: bad input on one rank is an error on every rank, no hang",
   MatrixD ok = MatrixD::Random(4, 3);
   CHECK_THROWS_WITH(nc::mpi::nc_directions(ok, y, MPI_COMM_WORLD, o), Catch::Contains("class(es) 2"));
 }
+
+}  // namespace test_mpi_stats

@@ -36,6 +36,15 @@ void check_features(const Eigen::MatrixBase<D>& x, const char* name) {
 /// largest label may be at most 16 times the number of rows.
 constexpr Index kMaxSparseClasses = Index(1) << 24;
 
+/// Per-class memory is sized by the largest label: an inferred class count (max_label + 1) far
+/// beyond the n rows (sparse ids such as hashes) is refused before anything is allocated.
+inline void check_inferred_classes(Index max_label, Index n, const char* name) {
+  NC_EXPECTS(max_label + 1 <= std::max<Index>(kMaxSparseClasses, 16 * n),
+             name << " has label " << max_label << ", which implies " << max_label + 1
+                  << " classes for " << n << " rows; relabel the classes to 0 .. C-1"
+                  << " (or pass num_classes where the call takes it)");
+}
+
 /// Throws unless `labels` has `n` entries, all non-negative and below `num_classes`
 /// (when num_classes >= 0). Returns max(label) + 1.
 template <class L>
@@ -51,12 +60,7 @@ Index check_labels(LabelView<L> labels, Index n, Index num_classes, const char* 
                     << num_classes << ")");
     if (y > max_label) max_label = static_cast<Index>(y);
   }
-  // Per-class memory is sized by the largest label: an inferred class count far beyond the
-  // rows (sparse ids such as hashes) is refused before anything is allocated.
-  NC_EXPECTS(num_classes >= 0 || max_label + 1 <= std::max<Index>(kMaxSparseClasses, 16 * n),
-             name << " has label " << max_label << ", which implies " << max_label + 1
-                  << " classes for " << n << " rows; relabel the classes to 0 .. C-1"
-                  << " (or pass num_classes where the call takes it)");
+  if (num_classes < 0) check_inferred_classes(max_label, n, name);
   return max_label + 1;
 }
 

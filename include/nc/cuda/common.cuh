@@ -38,6 +38,7 @@
 #include <ncml_common.cuh>
 #include <ncml_sort.cuh>
 
+#include "../core/check.hpp"
 #include "../core/error.hpp"
 #include "../core/types.hpp"
 #include "error.cuh"
@@ -465,7 +466,12 @@ std::vector<int64_t> to_int64_labels(const Labels& labels, Index n, Index& num_c
   }
   NC_EXPECTS(num_classes == -1 || num_classes > 0,
              "num_classes must be positive or -1 (infer), got " << num_classes);
-  if (num_classes == -1) num_classes = std::max<Index>(1, mx + 1);
+  // Negative and out-of-range labels are found on the device (check_inputs); an inferred
+  // class count is bounded here, before per-class device memory is sized by it.
+  if (num_classes == -1) {
+    nc::detail::check_inferred_classes(static_cast<Index>(mx), n, name);
+    num_classes = std::max<Index>(1, mx + 1);
+  }
   return out;
 }
 

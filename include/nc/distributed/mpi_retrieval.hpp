@@ -480,8 +480,11 @@ RetrievalReport evaluate_sharded(const ConstRowsRef<TQ>& q, const std::vector<in
         if (grows == 0 || total == 0) return;
         std::vector<int64_t> loff;
         const Index tile = kn::resolve_tile(o.query_tile, qop.padded_rows, kn::kAutoTile);
-        const std::vector<Key> pos = kn::positive_lists<P>(qf, qop, bl, gallery.rows, gallery.op, gl,
-                                                           num_classes, false, l2, tile, threads, loff);
+        // The rows are prepared already: read them as they are (no second normalization).
+        const kn::RowSource qs(ConstRowsRef<float>(qf.topRows(nb)), false);
+        const kn::RowSource gs(ConstRowsRef<float>(gallery.rows.topRows(grows)), false);
+        const std::vector<Key> pos = kn::positive_lists<P>(qs, bl, gs, gl, num_classes, false, l2, tile,
+                                                           threads, loff);
         local.reserve(pos.size());
         for (Index i = 0; i < nb; ++i)
           for (int64_t j = loff[i]; j < loff[i + 1]; ++j) {

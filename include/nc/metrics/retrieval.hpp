@@ -21,6 +21,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -53,6 +54,11 @@ struct RetrievalOptions {
   Index gallery_tile = 0;
   /// Called on the calling thread with the fraction of work done, in [0, 1].
   std::function<void(double)> progress;
+  /// Bytes of packed float copies of the rows kept for the whole call (0: automatic, 256 MiB).
+  /// A side (queries, gallery) that does not fit is converted and packed tile by tile inside
+  /// each task instead: memory is then the inputs plus O(threads x tile x D) besides the
+  /// results, for some more time. Results do not depend on it.
+  std::size_t pack_budget_bytes = 0;
 };
 
 struct RetrievalReport {
@@ -231,12 +237,11 @@ std::vector<int64_t> labels_as_int64(LabelView<L> y) {
 /// pass so they are bitwise equal to its scores, sorted best first per query. `self`: the
 /// query set is the gallery (leave-one-out), pair (i, i) is skipped.
 template <class P>
-std::vector<typename P::Key> positive_lists(const MatrixF& qf, const Operand& qop,
-                                         const std::vector<int64_t>& ql, const MatrixF& gf,
-                                         const Operand& gop, const std::vector<int64_t>& gl,
-                                         Index num_classes, bool self, bool l2, Index tile,
-                                         int threads, std::vector<int64_t>& offsets) {
-  const Index nq = static_cast<Index>(ql.size()), d = qf.cols();
+std::vector<typename P::Key> positive_lists(const RowSource& qs, const std::vector<int64_t>& ql,
+                                            const RowSource& gs, const std::vector<int64_t>& gl,
+                                            Index num_classes, bool self, bool l2, Index tile,
+                                            int threads, std::vector<int64_t>& offsets) {
+  const Index nq = static_cast<Index>(ql.size()), d = qs.dim();
   std::vector<std::vector<Index>> qrows(num_classes), grows(num_classes);
   for (Index i = 0; i < nq; ++i) qrows[ql[i]].push_back(i);
   for (Index j = 0; j < static_cast<Index>(gl.size()); ++j) grows[gl[j]].push_back(j);
@@ -252,8 +257,14 @@ std::vector<typename P::Key> positive_lists(const MatrixF& qf, const Operand& qo
     if (qr.empty() || gr.size() <= (self ? 1u : 0u)) return;
     const Index nqc = static_cast<Index>(qr.size()), ngc = static_cast<Index>(gr.size());
     MatrixF a = MatrixF::Zero(round_up(nqc, kRowAlign), d), b = MatrixF::Zero(round_up(ngc, kRowAlign), d);
-    for (Index i = 0; i < nqc; ++i) a.row(i) = qf.row(qr[i]);
-    for (Index j = 0; j < ngc; ++j) b.row(j) = gf.row(gr[j]);
+    for (Index i = 0; i < nqc; ++i) qs.row(qr[i], a.row(i).data());
+    for (Index j = 0; j < ngc; ++j) gs.row(gr[j], b.row(j).data());
+    // Squared norms of the prepared rows, as the main pass computes them (neg_squared_l2).
+    std::vector<float> an(l2 ? static_cast<std::size_t>(nqc) : 0), bn(l2 ? static_cast<std::size_t>(ngc) : 0);
+    if (l2) {
+      squared_norms(a.data(), nqc, d, an.data());
+      squared_norms(b.data(), ngc, d, bn.data());
+    }
     const PackedRows pa(a.data(), a.rows(), d, kc, true, false), pb(b.data(), b.rows(), d, kc, false, true);
     const Index rt = std::min(tile, a.rows()), ct = std::min(tile, b.rows());
     std::vector<float> buf(static_cast<std::size_t>(rt * ct));
@@ -271,7 +282,7 @@ std::vector<typename P::Key> positive_lists(const MatrixF& qf, const Operand& qo
             const Index gj = gr[c0 + y];
             if (self && gj == qi) continue;
             float s = buf[x + y * m];
-            if (l2) s = l2_score(s, qop.sq_norms[qi], gop.sq_norms[gj]);
+            if (l2) s = l2_score(s, an[static_cast<std::size_t>(r0 + x)], bn[static_cast<std::size_t>(c0 + y)]);
             pos[slot++] = P::make(s, gj);
           }
         }
@@ -313,19 +324,14 @@ RetrievalReport evaluate_impl(const ConstRowsRef<TQ>& q, const std::vector<int64
 
   std::vector<int64_t> offsets, limit(static_cast<std::size_t>(nq));
   std::vector<typename P::Key> positives;
-  Operand qop, gop;
+  const RowSource qs(q, normalize), gs = self ? qs : RowSource(*g, normalize);
   {
-    const MatrixF qf = padded_rows(q, normalize);
-    qop = make_operand(qf, nq, self, true, l2);
-    const Index tile = resolve_tile(o.query_tile, qop.padded_rows, kAutoTile);
-    if (self) {
-      positives = positive_lists<P>(qf, qop, ql, qf, qop, ql, num_classes, true, l2, tile, threads, offsets);
-    } else {
-      const MatrixF gf = padded_rows(*g, normalize);
-      gop = make_operand(gf, g->rows(), true, false, l2);
-      positives = positive_lists<P>(qf, qop, ql, gf, gop, gl, num_classes, false, l2, tile, threads, offsets);
-    }
+    const Index tile = resolve_tile(o.query_tile, qs.padded_rows(), kAutoTile);
+    positives = positive_lists<P>(qs, ql, gs, gl, num_classes, self, l2, tile, threads, offsets);
   }
+  Operand qop = make_operand(qs, self, true, l2, false), gop;
+  if (!self) gop = make_operand(gs, true, false, l2, false);
+  choose_packing(qop, self ? nullptr : &gop, o.pack_budget_bytes);
   for (Index i = 0; i < nq; ++i) limit[i] = std::max<int64_t>(kmax, offsets[i + 1] - offsets[i]);
 
   const Index tile = o.query_tile > 0 ? o.query_tile : o.gallery_tile;

@@ -17,12 +17,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cmath>
 #include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -35,47 +37,160 @@
 
 namespace nc::detail::knn {
 
-/// Rows of one side (queries or gallery) ready for tile products: converted to float,
-/// L2-normalized for cosine, padded with zero rows to a multiple of kRowAlign and packed.
-struct Operand {
-  Index rows = 0;                ///< real rows
-  Index padded_rows = 0;         ///< rows of the packed operand
-  PackedRows packed;
-  std::vector<float> sq_norms;   ///< squared norms (neg_squared_l2 only), padded_rows entries
-};
+/// Rows of one side (queries or gallery) as the products read them: converted to float and,
+/// for cosine, L2-normalized in double (a row of zeros stays zero). A view of the caller's
+/// rows (float or double, any outer stride); it prepares rows on demand.
+class RowSource {
+ public:
+  RowSource() = default;
+  template <class T>
+  RowSource(const ConstRowsRef<T>& x, bool normalize)
+      : rows_(x.rows()), dim_(x.cols()), stride_(x.outerStride()), normalize_(normalize) {
+    if constexpr (std::is_same<T, float>::value)
+      f_ = x.data();
+    else
+      d_ = x.data();
+  }
 
-/// Float rows of `x` in a padded row-major matrix: normalized in double (a row of zeros
-/// stays zero) when `normalize`, else rounded to float.
-template <class T>
-MatrixF padded_rows(const ConstRowsRef<T>& x, bool normalize) {
-  const Index n = x.rows(), d = x.cols();
-  MatrixF out = MatrixF::Zero(round_up(n, kRowAlign), d);
-  for (Index i = 0; i < n; ++i) {
-    if (normalize) {
-      const Eigen::VectorXd r = x.row(i).template cast<double>().transpose();
-      const double norm = r.norm();
-      if (norm > 0) out.row(i) = (r / norm).transpose().template cast<float>();
-    } else {
-      out.row(i) = x.row(i).template cast<float>();
+  Index rows() const { return rows_; }
+  Index dim() const { return dim_; }
+  Index padded_rows() const { return round_up(rows_, kRowAlign); }
+
+  /// Prepared row i (i < rows()) into out[0, dim).
+  void row(Index i, float* out) const {
+    if (f_)
+      prepare(f_ + i * stride_, out);
+    else
+      prepare(d_ + i * stride_, out);
+  }
+
+  /// Prepared rows [r0, r0 + m) into `out` (m x dim, row-major); rows past rows() are zero.
+  void rows_into(Index r0, Index m, float* out) const {
+    for (Index i = 0; i < m; ++i) {
+      if (r0 + i < rows_)
+        row(r0 + i, out + i * dim_);
+      else
+        std::fill_n(out + i * dim_, dim_, 0.0f);
     }
   }
+
+ private:
+  template <class T>
+  void prepare(const T* x, float* out) const {
+    const Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> r(x, dim_);
+    Eigen::Map<Eigen::RowVectorXf> o(out, dim_);
+    if (normalize_) {
+      const Eigen::RowVectorXd v = r.template cast<double>();
+      const double norm = v.norm();
+      if (norm > 0)
+        o = (v / norm).template cast<float>();
+      else
+        o.setZero();
+    } else {
+      o = r.template cast<float>();
+    }
+  }
+
+  const float* f_ = nullptr;
+  const double* d_ = nullptr;
+  Index rows_ = 0, dim_ = 0, stride_ = 0;
+  bool normalize_ = false;
+};
+
+/// Float rows of `x` in a padded row-major matrix (rows prepared as by RowSource).
+template <class T>
+MatrixF padded_rows(const ConstRowsRef<T>& x, bool normalize) {
+  const RowSource src(x, normalize);
+  MatrixF out(src.padded_rows(), src.dim());
+  src.rows_into(0, src.padded_rows(), out.data());
   return out;
 }
 
-/// Packs prepared rows (from padded_rows) for use as left and/or right operand.
+/// Bytes of packed copies the engine keeps for a whole side when the caller leaves the
+/// budget automatic: sides above it are prepared and packed tile by tile inside each task.
+constexpr std::size_t kAutoPackBudget = std::size_t(256) << 20;
+
+/// One side of the products, packed as left operand (gallery rows) and/or right operand
+/// (query columns). Packed whole up front (`whole`), or else prepared and packed one tile at
+/// a time by the task that needs it (memory O(tile) per thread instead of O(rows)); both
+/// give the same packed values, so scores do not depend on the choice.
+struct Operand {
+  RowSource source;
+  Index rows = 0;                ///< real rows
+  Index padded_rows = 0;         ///< rows of the packed operand
+  Index kc = 1;                  ///< slab depth
+  bool as_lhs = false, as_rhs = false, with_norms = false;
+  bool whole = true;
+  PackedRows packed;             ///< whole only
+  std::vector<float> sq_norms;   ///< squared norms (neg_squared_l2 only, whole only), padded_rows entries
+  std::size_t packed_bytes() const {
+    return static_cast<std::size_t>(padded_rows) * static_cast<std::size_t>(source.dim()) * sizeof(float) *
+           ((as_lhs ? 1 : 0) + (as_rhs ? 1 : 0));
+  }
+};
+
+/// Squared norms of m prepared rows (row-major, leading dimension d), in double, as float.
+inline void squared_norms(const float* x, Index m, Index d, float* out) {
+  for (Index i = 0; i < m; ++i)
+    out[i] = static_cast<float>(
+        Eigen::Map<const Eigen::RowVectorXf>(x + i * d, d).template cast<double>().squaredNorm());
+}
+
+/// Rows [r0, r0 + m) of `src` prepared and packed into `packed` from its row `at` on, with
+/// their squared norms into norms[0, m) when `norms` is not null.
+inline void pack_tile(const RowSource& src, Index r0, Index m, std::vector<float>& scratch,
+                      PackedRows& packed, Index at, float* norms) {
+  const Index d = src.dim();
+  scratch.resize(static_cast<std::size_t>(m * d));
+  src.rows_into(r0, m, scratch.data());
+  packed.pack(scratch.data(), at, m);
+  if (norms) squared_norms(scratch.data(), m, d, norms);
+}
+
+/// An operand for `src`; packed whole when `whole`, else described only (tile mode). Whole
+/// packing prepares a chunk of rows at a time, so no full float copy is made on the way.
+inline Operand make_operand(const RowSource& src, bool as_lhs, bool as_rhs, bool with_norms, bool whole) {
+  Operand op;
+  op.source = src;
+  op.rows = src.rows();
+  op.padded_rows = src.padded_rows();
+  op.kc = depth_block(src.dim());
+  op.as_lhs = as_lhs;
+  op.as_rhs = as_rhs;
+  op.with_norms = with_norms;
+  op.whole = whole;
+  if (!whole) return op;
+  op.packed.allocate(op.padded_rows, src.dim(), op.kc, as_lhs, as_rhs);
+  if (with_norms) op.sq_norms.resize(static_cast<std::size_t>(op.padded_rows));
+  constexpr Index chunk = 64 * kRowAlign;
+  std::vector<float> scratch;
+  for (Index r0 = 0; r0 < op.padded_rows; r0 += chunk)
+    pack_tile(src, r0, std::min(chunk, op.padded_rows - r0), scratch, op.packed, r0,
+              with_norms ? op.sq_norms.data() + r0 : nullptr);
+  return op;
+}
+
+/// An operand over prepared rows (from padded_rows), packed whole.
 inline Operand make_operand(const MatrixF& rows, Index real_rows, bool as_lhs, bool as_rhs,
                             bool with_norms) {
-  Operand op;
-  op.rows = real_rows;
-  op.padded_rows = rows.rows();
-  op.packed = PackedRows(rows.data(), rows.rows(), rows.cols(), depth_block(rows.cols()), as_lhs,
-                         as_rhs);
-  if (with_norms) {
-    op.sq_norms.resize(static_cast<std::size_t>(rows.rows()));
-    for (Index i = 0; i < rows.rows(); ++i)
-      op.sq_norms[i] = static_cast<float>(rows.row(i).template cast<double>().squaredNorm());
+  const ConstRowsRef<float> view(rows.topRows(real_rows));
+  return make_operand(RowSource(view, false), as_lhs, as_rhs, with_norms, true);
+}
+
+/// Packs the sides whole while their packed bytes fit `budget` (0: kAutoPackBudget), the
+/// smaller side first; the others are packed tile by tile. `gallery` may be null (one side
+/// used both ways).
+inline void choose_packing(Operand& queries, Operand* gallery, std::size_t budget) {
+  if (budget == 0) budget = kAutoPackBudget;
+  Operand* sides[2] = {&queries, gallery};
+  if (gallery && gallery->packed_bytes() < queries.packed_bytes()) std::swap(sides[0], sides[1]);
+  std::size_t used = 0;
+  for (Operand* op : sides) {
+    if (!op) continue;
+    const bool whole = used + op->packed_bytes() <= budget;
+    if (whole) used += op->packed_bytes();
+    *op = make_operand(op->source, op->as_lhs, op->as_rhs, op->with_norms, whole);
   }
-  return op;
 }
 
 /// -||q - g||^2 from the dot product and the squared norms. 2 * dot is exact, so a fused
@@ -118,6 +233,35 @@ inline std::vector<std::pair<Index, Index>> symmetric_schedule(Index n) {
   return tasks;
 }
 
+/// A thread's packed copy of one tile of a side packed tile by tile.
+struct TileCache {
+  Index row0 = -1, rows = 0;
+  PackedRows packed;
+  std::vector<float> sq_norms;
+};
+
+/// Where the packed rows [row0, row0 + m) of an operand are: in the whole packed operand, or
+/// in the thread's tile cache (prepared and packed now unless it holds that tile already).
+struct PackedView {
+  const PackedRows* packed;
+  Index row0;
+  const float* sq_norms;  ///< m entries (neg_squared_l2), else null
+};
+inline PackedView packed_view(const Operand& op, Index row0, Index m, bool lhs, TileCache& cache,
+                              std::vector<float>& scratch) {
+  if (op.whole)
+    return {&op.packed, row0, op.with_norms ? op.sq_norms.data() + row0 : nullptr};
+  if (cache.row0 != row0 || cache.rows != m) {
+    cache.row0 = -1;  // invalid until packed (an exception may leave it half written)
+    cache.packed.allocate(m, op.source.dim(), op.kc, lhs, !lhs);
+    if (op.with_norms) cache.sq_norms.resize(static_cast<std::size_t>(m));
+    pack_tile(op.source, row0, m, scratch, cache.packed, 0, op.with_norms ? cache.sq_norms.data() : nullptr);
+    cache.row0 = row0;
+    cache.rows = m;
+  }
+  return {&cache.packed, 0, op.with_norms ? cache.sq_norms.data() : nullptr};
+}
+
 /// Runs the engine over `queries` and `gallery` (nullptr: the queries against themselves,
 /// symmetric tiles; the operand must then be packed both ways; otherwise the gallery is
 /// packed as left operand and the queries as right operand). A tile holds gallery rows x
@@ -137,11 +281,21 @@ void run(const Operand& queries, const Operand* gallery, Sink& sink, const Engin
   // rows and J as query columns; off-diagonal tiles also serve queries of I, transposed.
   std::vector<std::pair<Index, Index>> tasks;
   if (symmetric) {
-    tasks = symmetric_schedule(nq);
+    if (q.whole) {
+      tasks = symmetric_schedule(nq);
+    } else {
+      // Packed tile by tile: row by row, so that consecutive tasks share their left tile and
+      // a thread packs one tile per task, not two.
+      for (Index i = 0; i < nq; ++i)
+        for (Index j = i; j < nq; ++j) tasks.emplace_back(i, j);
+    }
   } else {
+    // A side packed tile by tile is the outer loop (its tile is reused by consecutive tasks).
     tasks.reserve(static_cast<std::size_t>(nq * ng));
-    for (Index i = 0; i < ng; ++i)
-      for (Index j = 0; j < nq; ++j) tasks.emplace_back(i, j);
+    const bool query_major = !q.whole && g.whole;
+    for (Index a = 0; a < (query_major ? nq : ng); ++a)
+      for (Index b = 0; b < (query_major ? ng : nq); ++b)
+        tasks.emplace_back(query_major ? b : a, query_major ? a : b);
   }
   const Index num_tasks = static_cast<Index>(tasks.size());
   std::unique_ptr<std::mutex[]> locks(new std::mutex[static_cast<std::size_t>(nq)]);
@@ -152,8 +306,11 @@ void run(const Operand& queries, const Operand* gallery, Sink& sink, const Engin
   const float* thr = sink.thresholds();
   constexpr float nan = std::numeric_limits<float>::quiet_NaN();
 
+  // Per thread: the tile buffers, and the gallery tile (left) and query tile (right) last
+  // packed for a side that is packed tile by tile (reused while consecutive tasks share it).
   struct Buffers {
-    std::vector<float> tile, transposed;
+    std::vector<float> tile, transposed, scratch;
+    TileCache lhs, rhs;
   };
   auto task = [&](Index t, Buffers& buf, bool report) {
     const Index I = tasks[t].first, J = tasks[t].second;
@@ -162,11 +319,13 @@ void run(const Operand& queries, const Operand* gallery, Sink& sink, const Engin
     const Index mg = std::max<Index>(0, std::min(m, g.rows - g0));  // real gallery rows
     const Index nqr = std::max<Index>(0, std::min(n, q.rows - q0));  // real query columns
     float* c = buf.tile.data();
-    tile_product(g.packed, g0, m, q.packed, q0, n, c, m);
+    const PackedView gv = packed_view(g, g0, m, true, buf.lhs, buf.scratch);
+    const PackedView qv = packed_view(q, q0, n, false, buf.rhs, buf.scratch);
+    tile_product(*gv.packed, gv.row0, m, *qv.packed, qv.row0, n, c, m);
     if (opt.neg_squared_l2) {
-      const float* gn = g.sq_norms.data() + g0;
+      const float* gn = gv.sq_norms;
       for (Index b = 0; b < nqr; ++b) {
-        const float qn = q.sq_norms[q0 + b];
+        const float qn = qv.sq_norms[b];
         float* col = c + b * m;
         for (Index a = 0; a < mg; ++a) col[a] = l2_score(col[a], qn, gn[a]);
       }

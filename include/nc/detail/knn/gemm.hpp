@@ -54,8 +54,25 @@ inline Index depth_block(Index dim) {
 class PackedRows {
  public:
   PackedRows() = default;
-  PackedRows(const float* x, Index rows, Index dim, Index kc, bool as_lhs, bool as_rhs)
-      : rows_(rows), dim_(dim), kc_(kc) {
+  PackedRows(const float* x, Index rows, Index dim, Index kc, bool as_lhs, bool as_rhs) {
+    allocate(rows, dim, kc, as_lhs, as_rhs);
+    pack(x, 0, rows);
+  }
+
+  /// Sizes the buffers for `rows` rows (a multiple of kRowAlign; capacity is kept for reuse).
+  void allocate(Index rows, Index dim, Index kc, bool as_lhs, bool as_rhs) {
+    rows_ = rows;
+    dim_ = dim;
+    kc_ = kc;
+    const std::size_t total = static_cast<std::size_t>(rows) * static_cast<std::size_t>(dim);
+    lhs_.resize(as_lhs ? total : 0);
+    rhs_.resize(as_rhs ? total : 0);
+  }
+
+  /// Packs rows [r0, r0 + m) from `x` (m rows, row-major, leading dimension dim): r0 and m are
+  /// multiples of kRowAlign. Register panels are packed independently, so packing a matrix
+  /// in pieces gives the same bytes as packing it whole.
+  void pack(const float* x, Index r0, Index m) {
     using LhsMapper = Eigen::internal::const_blas_data_mapper<float, Index, Eigen::RowMajor>;
     using RhsMapper = Eigen::internal::const_blas_data_mapper<float, Index, Eigen::ColMajor>;
 // The packet type (__m512 and friends) carries alignment attributes that GCC reports as
@@ -71,16 +88,12 @@ class PackedRows {
 #pragma GCC diagnostic pop
 #endif
     Eigen::internal::gemm_pack_rhs<float, Index, RhsMapper, GebpTraits::nr, Eigen::ColMajor> pack_rhs;
-    const std::size_t total = static_cast<std::size_t>(rows) * static_cast<std::size_t>(dim);
-    if (as_lhs) lhs_.resize(total);
-    if (as_rhs) rhs_.resize(total);
-    for (Index k0 = 0; k0 < dim; k0 += kc) {
-      const Index depth = std::min(kc, dim - k0);
-      const std::size_t off = offset(k0 / kc);
+    for (Index k0 = 0; k0 < dim_; k0 += kc_) {
+      const Index s = k0 / kc_, depth = slab_depth(s);
       // The left operand is X itself (row i, depth k); the right operand is X^T, read as a
       // column-major matrix whose column j is row j of X.
-      if (as_lhs) pack_lhs(lhs_.data() + off, LhsMapper(x + k0, dim), depth, rows);
-      if (as_rhs) pack_rhs(rhs_.data() + off, RhsMapper(x + k0, dim), depth, rows);
+      if (!lhs_.empty()) pack_lhs(lhs_.data() + offset(s) + static_cast<std::size_t>(r0 * depth), LhsMapper(x + k0, dim_), depth, m);
+      if (!rhs_.empty()) pack_rhs(rhs_.data() + offset(s) + static_cast<std::size_t>(r0 * depth), RhsMapper(x + k0, dim_), depth, m);
     }
   }
 
