@@ -7,7 +7,7 @@
 #
 # It builds and runs the whole CPU, command-line and MPI test suite (ctest, all but the
 # install test) under the sanitizers, each test program compiled as one translation unit
-# (NCML_UNITY_TESTS), which keeps a sanitized build of the suite to a few CPU-minutes. The
+# (NCML_UNITY_BUILD), which keeps a sanitized build of the suite to a few CPU-minutes. The
 # examples, benchmarks, Python module and CUDA code are not part of this build.
 #
 # Environment: NCML_JOBS (parallel jobs, default nproc), NCML_FUZZ_SECONDS (default 15).
@@ -29,7 +29,7 @@ cmake -S . -B "$build" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
   -DCMAKE_CXX_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" \
-  -DNCML_WARNINGS_AS_ERRORS=ON -DNCML_UNITY_TESTS=ON \
+  -DNCML_WARNINGS_AS_ERRORS=ON -DNCML_UNITY_BUILD=ON \
   -DNCML_BUILD_FUZZERS=ON -DNCML_FUZZ_SECONDS="$fuzz_seconds" \
   -DNCML_BUILD_TESTS=ON -DNCML_BUILD_TOOLS=ON \
   -DNCML_BUILD_EXAMPLES=OFF -DNCML_BUILD_BENCHMARKS=OFF -DNCML_BUILD_PYTHON=OFF -DNCML_WITH_CUDA=OFF

@@ -8,7 +8,8 @@
 // float32), other integer label dtypes to int64, other layouts to C order.
 //
 // Results follow the kind of the main input: NumPy in, NumPy out; torch in, torch out
-// (torch.from_numpy over the result, no copy).
+// (torch.from_numpy over the result, no copy). CUDA tensors take the GPU path in CUDA builds
+// (cuda_tensors.hpp) before anything here reads them; without CUDA they raise.
 #pragma once
 
 #include <cstdint>
@@ -55,14 +56,41 @@ inline std::string shape_string(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+/// The binding being run, named in the error a CUDA tensor gets from a call without a GPU
+/// path (CUDA builds route the other calls to the GPU before reading any array).
+inline const char*& current_call() {
+  thread_local const char* name = nullptr;
+  return name;
+}
+
+/// Names the binding for the scope of one call: `const CallName call("nc4");`.
+class CallName {
+ public:
+  explicit CallName(const char* name) : previous_(current_call()) { current_call() = name; }
+  CallName(const CallName&) = delete;
+  CallName& operator=(const CallName&) = delete;
+  ~CallName() { current_call() = previous_; }
+
+ private:
+  const char* previous_;
+};
+
 /// The detached CPU tensor behind `obj`, checked to be a dense CPU tensor.
 inline py::object cpu_tensor(py::handle obj, const std::string& name) {
   py::object t = obj.attr("detach")();
   const std::string device = text(t.attr("device"));
   const std::string type = text(t.attr("device").attr("type"));
+#if NCML_PY_WITH_CUDA
+  if (type == "cuda") {
+    const char* call = current_call();
+    fail(name + " is a CUDA tensor (" + device + ") but " + (call ? "ncml." + std::string(call) : "this call") +
+         " has no GPU path; pass " + name + ".cpu()");
+  }
+#else
   if (type == "cuda")
     fail(name + " is a CUDA tensor (" + device +
          ") but this ncml module was built without CUDA; pass " + name + ".cpu()");
+#endif
   if (type != "cpu") fail(name + " is a tensor on device " + device + "; ncml reads CPU tensors");
   if (!t.attr("layout").equal(loaded_torch().attr("strided")))
     fail(name + " is a " + text(t.attr("layout")) +

@@ -11,9 +11,66 @@
 
 #include "arrays.hpp"
 #include "bindings.hpp"
+#if NCML_PY_WITH_CUDA
+#include "cuda_tensors.hpp"
+#endif
 
 namespace ncml_py {
 namespace {
+
+#if NCML_PY_WITH_CUDA
+// The GPU path: directions computed on the CUDA tensors' device into a tensor there.
+
+py::object gpu_nc_directions(const cuda::Device& dev, py::handle features, py::handle labels,
+                             const nc::DirectionOptions& o) {
+  const cuda::DeviceRows x = cuda::device_rows(features, "features");
+  const cuda::DeviceLabels y = cuda::device_labels(labels, "labels", x.rows.rows);
+  const Index c = cuda::resolve_num_classes(y, o.num_classes, "labels");
+  py::object out = cuda::empty(dev, c, x.rows.cols, "float32");
+  float* d_out = reinterpret_cast<float*>(cuda::data_ptr(out));
+  {
+    py::gil_scoped_release nogil;
+    gpu::nc_directions(dev.stream, x.rows, y.labels, c, o.method, o.unweighted_global_mean, d_out);
+  }
+  // Computed in float32; given back in the features' dtype, as on the CPU.
+  if (x.is_double) out = out.attr("to")(loaded_torch().attr("float64"));
+  return out;
+}
+
+// init_head of CUDA tensors: the directions on the GPU, then the head assembled from them
+// on the host exactly as nc::init_head does (ETF alignment, scale; [C, D] values), and
+// copied to the device. The data-free methods only validate the data there.
+py::object gpu_init_head(const cuda::Device& dev, py::handle features, py::handle labels, const nc::HeadOptions& o) {
+  nc::detail::check_head_options(o);
+  const cuda::DeviceRows x = cuda::device_rows(features, "features");
+  const cuda::DeviceLabels y = cuda::device_labels(labels, "labels", x.rows.rows);
+  const Index c = cuda::resolve_num_classes(y, o.num_classes, "labels");
+  const Index d = x.rows.cols;
+  nc::MatrixD w;
+  if (nc::head_needs_data(o.method)) {
+    if (o.method == nc::HeadInit::aligned_etf) nc::detail::check_etf_shape(c, d, o.method);
+    const nc::Direction method = o.method == nc::HeadInit::class_mean      ? nc::Direction::mean
+                                 : o.method == nc::HeadInit::centered_mean ? nc::Direction::centered_mean
+                                                                           : nc::Direction::pc1;
+    const py::object dirs = cuda::empty(dev, c, d, "float32");
+    float* d_dirs = reinterpret_cast<float*>(cuda::data_ptr(dirs));
+    {
+      py::gil_scoped_release nogil;
+      gpu::nc_directions(dev.stream, x.rows, y.labels, c, method, false, d_dirs);
+    }
+    const py::array host = dirs.attr("cpu")().attr("numpy")();
+    w = Eigen::Map<const nc::MatrixF>(static_cast<const float*>(host.data()), c, d).cast<double>();
+    if (o.method == nc::HeadInit::aligned_etf) w = nc::detail::align_etf(w, d);
+  } else {
+    {
+      py::gil_scoped_release nogil;
+      gpu::class_stats(dev.stream, x.rows, y.labels, c, false);  // the CPU's checks of the data
+    }
+    w = nc::detail::data_free_head(c, d, o);
+  }
+  return cuda::to_device(to_numpy(nc::detail::scaled_head(w, o.scale)), dev);
+}
+#endif
 
 nc::HeadInit parse_head(const std::string& method) {
   static const std::pair<const char*, nc::HeadInit> names[] = {
@@ -33,6 +90,10 @@ py::object nc_directions(py::handle features, py::handle labels, const std::stri
   o.num_classes = optional_count(num_classes);
   o.unweighted_global_mean = unweighted;
   o.threads = threads;
+#if NCML_PY_WITH_CUDA
+  if (const auto dev = cuda::device_of({{features, "features"}, {labels, "labels"}}))
+    return gpu_nc_directions(*dev, features, labels, o);
+#endif
   const Rows x = as_rows(features, "features");
   const Labels y = as_labels(labels, "labels");
   return visit(x, [&](const auto& xm) {
@@ -54,6 +115,10 @@ py::object init_head(py::handle features, py::handle labels, const std::string& 
   o.seed = seed;
   o.num_classes = optional_count(num_classes);
   o.threads = threads;
+#if NCML_PY_WITH_CUDA
+  if (const auto dev = cuda::device_of({{features, "features"}, {labels, "labels"}}))
+    return gpu_init_head(*dev, features, labels, o);
+#endif
   const Rows x = as_rows(features, "features");
   const Labels y = as_labels(labels, "labels");
   nc::MatrixF w = visit(x, [&](const auto& xm) {
@@ -79,6 +144,7 @@ py::object init_head_data_free(Index num_classes, Index dim, const std::string& 
 
 /// A copy of a 2-D real input as a float32 matrix (the DriftTracker's argument type).
 nc::MatrixF matrix_f(py::handle obj, const std::string& name) {
+  const CallName call("DriftTracker");
   const Rows x = as_rows(obj, name);
   return visit(x, [](const auto& m) { return nc::MatrixF(m.template cast<float>()); });
 }

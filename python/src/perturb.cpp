@@ -16,9 +16,20 @@
 
 #include "arrays.hpp"
 #include "bindings.hpp"
+#if NCML_PY_WITH_CUDA
+#include "cuda_tensors.hpp"
+#endif
 
 namespace ncml_py {
 namespace {
+
+#if NCML_PY_WITH_CUDA
+/// A CUDA weight tensor perturbed on its device (nc::cuda::DevicePerturbationGuard on
+/// torch's current stream, through cuda_bridge).
+using DeviceGuard = std::unique_ptr<gpu::PerturbationGuard>;
+#else
+struct DeviceGuard {};  // this build has no GPU path
+#endif
 
 /// A weight matrix to be modified in place: a NumPy view of its memory and, for a torch
 /// tensor, the detached tensor (which shares the original's storage and version counter).
@@ -96,6 +107,9 @@ class PerturbationScope {
 
   py::object enter() {
     if (active()) fail("this perturbation scope is already active (nested 'with' on the same scope)");
+#if NCML_PY_WITH_CUDA
+    if (const auto dev = cuda::device_of({{w_, "W"}})) return enter_device(*dev);
+#endif
     Writable w = writable(w_);
     const py::array& a = w.array;
     const Index rows = a.shape(0), cols = a.shape(1);
@@ -134,13 +148,26 @@ class PerturbationScope {
 
   bool active() const { return !std::holds_alternative<std::monostate>(guard_); }
 
-  /// The clean values saved on entry (a copy), while active.
-  py::array clean() const {
+  /// The clean values saved on entry (a copy), while active: NumPy, or for a CUDA W a
+  /// tensor on its device.
+  py::object clean() const {
     if (!active()) fail("the perturbation scope is not active; W holds its clean values");
     return std::visit(
-        [](const auto& g) -> py::array {
-          if constexpr (std::is_same<std::decay_t<decltype(g)>, std::monostate>::value) return py::array();
-          else return to_numpy(std::decay_t<decltype(g.clean())>(g.clean()));
+        [&](const auto& g) -> py::object {
+          using G = std::decay_t<decltype(g)>;
+          if constexpr (std::is_same<G, std::monostate>::value) {
+            return py::none();
+          } else if constexpr (std::is_same<G, DeviceGuard>::value) {
+#if NCML_PY_WITH_CUDA
+            const py::object out = tensor_.attr("new_empty")(tensor_.attr("shape"));  // contiguous
+            g->copy_clean(reinterpret_cast<float*>(cuda::data_ptr(out)));
+            return out;
+#else
+            return py::none();
+#endif
+          } else {
+            return to_numpy(std::decay_t<decltype(g.clean())>(g.clean()));
+          }
         },
         guard_);
   }
@@ -149,6 +176,34 @@ class PerturbationScope {
   int64_t step() const { return step_; }
 
  private:
+#if NCML_PY_WITH_CUDA
+  // A CUDA W: float32 with contiguous, evenly spaced rows (a Parameter, a row or column
+  // block of one), perturbed in place on its device and on torch's current stream there,
+  // without a host copy. The noise is the CPU's float32 noise (to one float ulp, see
+  // nc/cuda/perturb.cuh); the clean values are restored bitwise, in stream order.
+  py::object enter_device(const cuda::Device& dev) {
+    py::object t = cuda::dense_tensor(w_, "W");
+    const py::object dtype = t.attr("dtype");
+    if (!dtype.equal(loaded_torch().attr("float32")))
+      fail("W is a CUDA tensor of " + describe(dtype) +
+           "; the GPU perturbation is float32 (keep the weights in float32, or perturb a CPU tensor)");
+    if (t.attr("dim")().cast<int>() != 2) fail("W must be 2-D [classes, dim], got shape " + cuda::shape_of(t));
+    const Index rows = cuda::size_of(t, 0), cols = cuda::size_of(t, 1);
+    const Index s0 = cuda::stride_of(t, 0), s1 = cuda::stride_of(t, 1);
+    const Index ld = rows > 1 ? s0 : cols;
+    if ((cols > 1 && s1 != 1) || ld < cols)
+      fail("W is a CUDA tensor with strides " + std::to_string(s0) + ", " + std::to_string(s1) +
+           "; the GPU perturbation needs contiguous rows at a constant stride (W.contiguous(), or a "
+           "row-major parameter)");
+    float* data = reinterpret_cast<float*>(cuda::data_ptr(t));
+    guard_.template emplace<DeviceGuard>(
+        std::make_unique<gpu::PerturbationGuard>(dev.stream, data, ld, rows, cols, pert_, step_));
+    tensor_ = std::move(t);
+    bump_version();
+    return w_;
+  }
+#endif
+
   // Writes through the NumPy view are invisible to autograd; an empty in-place op on the
   // tensor advances its version counter (shared with the original), so a graph built on the
   // other side of the change fails in backward() instead of using stale saved values.
@@ -163,7 +218,7 @@ class PerturbationScope {
   py::array array_;               // keeps W's memory alive while the guard holds it
   py::object tensor_ = py::none();
   std::variant<std::monostate, nc::PerturbationGuard<float>, nc::PerturbationGuard<double>, StridedGuard<float>,
-               StridedGuard<double>>
+               StridedGuard<double>, DeviceGuard>
       guard_;
 };
 
@@ -240,7 +295,9 @@ void bind_perturb(py::module_& m) {
       .def_property_readonly("active", &PerturbationScope::active)
       .def_property_readonly("step", &PerturbationScope::step)
       .def_property_readonly("W", &PerturbationScope::target)
-      .def("clean", &PerturbationScope::clean, "A copy of the clean values saved on entry (NumPy), while active.");
+      .def("clean", &PerturbationScope::clean,
+           "A copy of the clean values saved on entry, while active (NumPy; a tensor on W's device for a\n"
+           "CUDA W).");
 
   py::class_<nc::Perturbation>(m, "Perturbation", R"doc(
 Perturbation injection (the paper's Algorithm 2): fresh Gaussian noise on the proxies at
@@ -280,7 +337,8 @@ modification error (the version counter is advanced on entry and exit).)doc")
           },
           py::arg("W"), py::arg("step"),
           "A context manager that perturbs W [C, D] (float32/float64 NumPy array or CPU tensor, any\n"
-          "positive strides) in place for the duration of the 'with' block.")
+          "positive strides; or, when ncml is built with CUDA, a float32 CUDA tensor with contiguous\n"
+          "rows, on its device) in place for the duration of the 'with' block.")
       .def_property_readonly("sigma", [](const nc::Perturbation& p) { return p.options().sigma; })
       .def_property_readonly("schedule", [](const nc::Perturbation& p) { return schedule_name(p.options().schedule); })
       .def_property_readonly("total_steps", [](const nc::Perturbation& p) { return p.options().total_steps; })
@@ -294,6 +352,7 @@ modification error (the version counter is advanced on entry and exit).)doc")
   m.def(
       "proxy_anchor_loss",
       [](py::handle x, py::handle y, py::handle p, double alpha, double delta) {
+        const CallName call("proxy_anchor_loss");
         return loss(x, y, p, "P", [&](const auto& xm, auto yv, const auto& pm) {
           return nc::proxy_anchor_loss(xm, yv, pm, alpha, delta);
         });
@@ -304,6 +363,7 @@ modification error (the version counter is advanced on entry and exit).)doc")
   m.def(
       "norm_softmax_loss",
       [](py::handle x, py::handle y, py::handle w, double tau) {
+        const CallName call("norm_softmax_loss");
         return loss(x, y, w, "W", [&](const auto& xm, auto yv, const auto& wm) {
           return nc::norm_softmax_loss(xm, yv, wm, tau);
         });

@@ -10,11 +10,79 @@
 
 #include "arrays.hpp"
 #include "bindings.hpp"
+#if NCML_PY_WITH_CUDA
+#include "cuda_tensors.hpp"
+#endif
 
 namespace ncml_py {
 namespace {
 
 using nc::ClassStats;
+
+#if NCML_PY_WITH_CUDA
+// The GPU path: statistics of CUDA tensors computed on their device; the parts (counts,
+// means, deviations and the D x D scatter, small next to the rows) are copied back and
+// assembled into the same CPU ClassStats the CPU path returns.
+
+ClassStats stats_from_gpu(const gpu::StatsParts& p, Index num_classes, Index dim, bool within_scatter, int threads) {
+  using MapI = Eigen::Map<const nc::VectorI64>;
+  using MapM = Eigen::Map<const nc::MatrixD>;
+  using MapV = Eigen::Map<const Eigen::VectorXd>;
+  return ClassStats::from_parts(MapI(p.counts.data(), num_classes), MapM(p.means.data(), num_classes, dim),
+                                MapV(p.sq_dev.data(), num_classes),
+                                within_scatter ? nc::MatrixD(MapM(p.scatter.data(), dim, dim)) : nc::MatrixD(),
+                                nc::StatsOptions{within_scatter, threads});
+}
+
+ClassStats gpu_class_stats(const cuda::Device& dev, py::handle features, py::handle labels, Index num_classes,
+                           bool within_scatter, int threads) {
+  const cuda::DeviceRows x = cuda::device_rows(features, "features");
+  const cuda::DeviceLabels y = cuda::device_labels(labels, "labels", x.rows.rows);
+  const Index c = cuda::resolve_num_classes(y, num_classes, "labels");
+  gpu::StatsParts p = [&] {
+    py::gil_scoped_release nogil;
+    return gpu::class_stats(dev.stream, x.rows, y.labels, c, within_scatter);
+  }();
+  return stats_from_gpu(p, c, x.rows.cols, within_scatter, threads);
+}
+
+// ClassStats.add of a CUDA batch: the batch's statistics on the GPU, merged on the host
+// (exact); validated on the device first, so a failing batch changes nothing.
+void gpu_add(const cuda::Device& dev, ClassStats& s, py::handle features, py::handle labels) {
+  const cuda::DeviceRows x = cuda::device_rows(features, "features");
+  NC_EXPECTS(x.rows.cols == s.dim(), "features has " << x.rows.cols << " columns, expected dim = " << s.dim());
+  const cuda::DeviceLabels y = cuda::device_labels(labels, "labels", x.rows.rows);
+  gpu::StatsParts p = [&] {
+    py::gil_scoped_release nogil;
+    return gpu::class_stats(dev.stream, x.rows, y.labels, s.num_classes(), s.has_scatter());
+  }();
+  s.merge(stats_from_gpu(p, s.num_classes(), s.dim(), s.has_scatter(), s.options().threads));
+}
+
+nc::NC1Result gpu_nc1(const cuda::Device& dev, py::handle features, py::handle labels, const ClassStats* stats,
+                      Index num_classes, double rank_tol, bool unweighted) {
+  const cuda::DeviceRows x = cuda::device_rows(features, "features");
+  if (stats)
+    NC_EXPECTS(x.rows.cols == stats->dim(),
+               "features has " << x.rows.cols << " columns, expected dim = " << stats->dim());
+  const cuda::DeviceLabels y = cuda::device_labels(labels, "labels", x.rows.rows);
+  const Index c = stats ? stats->num_classes() : cuda::resolve_num_classes(y, num_classes, "labels");
+  gpu::NC1Value v = [&] {
+    py::gil_scoped_release nogil;
+    // The given statistics are uploaded (C + C x D values) and their counts checked against
+    // the labels on the device; without them, statistics of the rows are gathered first.
+    return gpu::nc1(dev.stream, x.rows, y.labels, c, stats ? stats->counts().data() : nullptr,
+                    stats ? stats->means().data() : nullptr, rank_tol, unweighted);
+  }();
+  nc::NC1Result r;
+  r.value = v.value;
+  r.rank = v.rank;
+  r.num_classes_used = v.num_classes_used;
+  r.tolerance = v.tolerance;
+  r.path = nc::NC1Options::Path::projected;
+  return r;
+}
+#endif
 
 /// A copy of a 2-D real input as a float64 matrix (for small arguments stored by value).
 nc::MatrixD matrix_d(py::handle obj, const std::string& name) {
@@ -38,6 +106,10 @@ nc::VectorI64 vector_i64(py::handle obj, const std::string& name) {
 }
 
 void add(ClassStats& s, py::handle features, py::handle labels) {
+#if NCML_PY_WITH_CUDA
+  if (const auto dev = cuda::device_of({{features, "features"}, {labels, "labels"}}))
+    return gpu_add(*dev, s, features, labels);
+#endif
   const Rows x = as_rows(features, "features");
   const Labels y = as_labels(labels, "labels");
   visit(x, [&](const auto& xm) {
@@ -50,6 +122,10 @@ void add(ClassStats& s, py::handle features, py::handle labels) {
 
 ClassStats class_stats(py::handle features, py::handle labels, py::object num_classes, bool within_scatter,
                        int threads) {
+#if NCML_PY_WITH_CUDA
+  if (const auto dev = cuda::device_of({{features, "features"}, {labels, "labels"}}))
+    return gpu_class_stats(*dev, features, labels, optional_count(num_classes), within_scatter, threads);
+#endif
   const Rows x = as_rows(features, "features");
   const Labels y = as_labels(labels, "labels");
   const Index c = optional_count(num_classes);
@@ -63,6 +139,7 @@ ClassStats class_stats(py::handle features, py::handle labels, py::object num_cl
 
 ClassStats from_parts(py::handle counts, py::handle means, py::handle sq_deviations, py::handle scatter,
                       int threads) {
+  const CallName call("ClassStats.from_parts");
   const bool has_scatter = !scatter.is_none();
   return ClassStats::from_parts(vector_i64(counts, "counts"), matrix_d(means, "means"),
                                 vector_d(sq_deviations, "sq_deviations"),
@@ -99,6 +176,10 @@ nc::NC1Result nc1_stats(const ClassStats& s, const std::string& path, double ran
 // statistics of these features; without, statistics without the scatter are gathered first.
 nc::NC1Result nc1_data(py::handle features, py::handle labels, const ClassStats* stats, py::object num_classes,
                        double rank_tol, bool unweighted, int threads) {
+#if NCML_PY_WITH_CUDA
+  if (const auto dev = cuda::device_of({{features, "features"}, {labels, "labels"}}))
+    return gpu_nc1(*dev, features, labels, stats, optional_count(num_classes), rank_tol, unweighted);
+#endif
   const Rows x = as_rows(features, "features");
   const Labels y = as_labels(labels, "labels");
   nc::NC1Options o;
@@ -138,6 +219,7 @@ py::dict report_dict(const nc::NCReport& r) {
 
 py::dict nc_metrics(const ClassStats& s, py::handle w, const std::string& nc1_path, double rank_tol,
                     bool unweighted) {
+  const CallName call("nc_metrics");
   nc::NCOptions o;
   o.nc1_path = parse_path(nc1_path);
   o.rank_tol = rank_tol;
@@ -158,6 +240,7 @@ py::dict nc_metrics(const ClassStats& s, py::handle w, const std::string& nc1_pa
 
 double nc4(py::handle features, py::handle labels, const ClassStats& s, py::handle w, py::handle bias,
            const std::string& rule, bool per_class_average, int threads) {
+  const CallName call("nc4");
   static const std::pair<const char*, nc::NC4Options::Rule> rules[] = {
       {"euclidean", nc::NC4Options::Rule::euclidean}, {"cosine", nc::NC4Options::Rule::cosine}};
   nc::NC4Options o;

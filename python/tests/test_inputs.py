@@ -148,7 +148,7 @@ def test_computation_releases_the_gil():
 
 def test_version_and_build_info():
     assert isinstance(ncml.__version__, str) and ncml.__version__.count(".") == 2
-    assert ncml.with_cuda is False
+    assert isinstance(ncml.with_cuda, bool)
     assert isinstance(ncml.with_openmp, bool)
 
 
@@ -250,6 +250,8 @@ def test_torch_errors(torch, data32):
 
 
 def test_cuda_tensors_raise_a_clear_error(torch):
+    if ncml.with_cuda:
+        pytest.skip("this build routes CUDA tensors to the GPU path (test_cuda.py)")
     class FakeCuda(torch.Tensor):
         """A CPU tensor that reports a CUDA device (this build has no CUDA to make a real one)."""
 

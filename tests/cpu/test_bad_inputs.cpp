@@ -50,7 +50,7 @@
 #endif
 
 // Each test file is its own namespace, so the files also build as one program
-// (unity build, NCML_UNITY_TESTS).
+// (unity build, NCML_UNITY_BUILD).
 namespace test_bad_inputs {
 
 namespace {

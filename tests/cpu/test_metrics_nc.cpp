@@ -17,7 +17,7 @@
 #include "support.hpp"
 
 // Each test file is its own namespace, so the files also build as one program
-// (unity build, NCML_UNITY_TESTS).
+// (unity build, NCML_UNITY_BUILD).
 namespace test_metrics_nc {
 
 using namespace nct;

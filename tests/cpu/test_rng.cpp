@@ -6,7 +6,7 @@
 #include <nc/core/rng.hpp>
 
 // Each test file is its own namespace, so the files also build as one program
-// (unity build, NCML_UNITY_TESTS).
+// (unity build, NCML_UNITY_BUILD).
 namespace test_rng {
 
 TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors", "[rng]") {

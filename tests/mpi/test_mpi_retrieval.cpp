@@ -19,7 +19,7 @@
 #include "mpi/mpi_support.hpp"
 
 // Each test file is its own namespace, so the files also build as one program
-// (unity build, NCML_UNITY_TESTS).
+// (unity build, NCML_UNITY_BUILD).
 namespace test_mpi_retrieval {
 
 using namespace nct;
