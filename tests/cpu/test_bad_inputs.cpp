@@ -40,6 +40,7 @@
 #include <nc/io/npy.hpp>
 #include <nc/nc.hpp>
 
+#include "snapshot.hpp"
 #include "support.hpp"
 
 #ifndef NCML_TEST_TMP_DIR
@@ -178,29 +179,8 @@ MatrixF head(Index C, Index d, uint32_t seed = 5, Case c = kNumCases, bool poiso
   return w;
 }
 
-template <class M>
-std::string bytes_of(const M& m) {
-  return std::string(reinterpret_cast<const char*>(m.data()), sizeof(typename M::Scalar) * std::size_t(m.size()));
-}
-
-/// Everything a ClassStats holds, bitwise.
-std::string snapshot(const nc::ClassStats& s) {
-  std::string b = bytes_of(s.counts()) + bytes_of(s.means()) + bytes_of(s.class_sq_deviations());
-  if (s.has_scatter()) b += bytes_of(s.within_scatter());
-  return b;
-}
-
-/// Everything a DriftTracker reports, bitwise.
-std::string snapshot(const nc::DriftTracker& t) {
-  std::ostringstream os;
-  os << t.num_updates();
-  std::string b = os.str() + bytes_of(t.reference());
-  if (t.num_updates() > 0) {
-    const double v[3] = {t.mean_squared_distance(), t.from_initial(), t.path_length()};
-    b += std::string(reinterpret_cast<const char*>(v), sizeof v) + bytes_of(t.per_class());
-  }
-  return b;
-}
+using nct::bytes_of;
+using nct::snapshot;
 
 /// Runs `call`; if it throws, checks that snap() is what it was before, then rethrows.
 template <class Snap, class Call>
@@ -592,11 +572,18 @@ Row nc1_stats_row() {
   return r;
 }
 
+/// The rows statistics are taken from for a call on (features, labels, stats): the case's own
+/// rows where the case is about classes or scale, else valid rows, so that the case's bad
+/// features or labels reach the call itself.
+Data stats_data(Case c, const Data& d) {
+  const bool own = c == kC1 || c == kD1 || c == kSingleton || c == kEmptyClass || c == kNearMax;
+  return own ? d : valid(kC, kD);
+}
+
 Row nc1_data_row() {
   Row r{"`nc1` / `nc1_detailed` (features, labels, stats)", [](Case c) {
           const Data d = make(c);
-          const bool own = c == kC1 || c == kD1 || c == kSingleton || c == kEmptyClass || c == kNearMax;
-          const Data sd = own ? d : valid(kC, kD);
+          const Data sd = stats_data(c, d);
           const nc::ClassStats s = nc::class_stats(sd.x, sd.y, sd.C, nc::StatsOptions{false, 0});
           const nc::NC1Result res = nc::nc1_detailed(d.x, d.y, s);
           REQUIRE(nc::nc1(d.x, d.y, s) == res.value);
@@ -646,8 +633,7 @@ Row nc_metrics_row() {
 Row nc4_row() {
   Row r{"`nc4`", [](Case c) {
           const Data d = make(c);
-          const bool own = c == kC1 || c == kD1 || c == kSingleton || c == kEmptyClass || c == kNearMax;
-          const Data sd = own ? d : valid(kC, kD);
+          const Data sd = stats_data(c, d);
           const nc::ClassStats s = nc::class_stats(sd.x, sd.y, sd.C, nc::StatsOptions{false, 0});
           const MatrixF w = head(sd.C, sd.D());
           require_unit_interval(nc::nc4(d.x, d.y, s, w));

@@ -36,6 +36,7 @@
 #include <nc/nc.hpp>
 
 #include "fuzz_common.hpp"
+#include "snapshot.hpp"
 
 // Library defects this harness found, all fixed; their checks are on (building with
 // -DNCML_FUZZ_KNOWN_BUGS=1 steps around them again, to bisect); docs/errors.md, "Fixed defects":
@@ -177,16 +178,8 @@ bool all_finite(const M& m) {
   return m.template cast<double>().array().isFinite().all();
 }
 
-template <class M>
-std::string bytes_of(const M& m) {
-  return std::string(reinterpret_cast<const char*>(m.data()), sizeof(typename M::Scalar) * std::size_t(m.size()));
-}
-
-std::string snapshot(const nc::ClassStats& s) {
-  std::string b = bytes_of(s.counts()) + bytes_of(s.means()) + bytes_of(s.class_sq_deviations());
-  if (s.has_scatter()) b += bytes_of(s.within_scatter());
-  return b;
-}
+using nct::bytes_of;
+using nct::snapshot;
 
 /// float products of entries up to max_abs over d terms may overflow (BUG-1, BUG-3 territory).
 bool float_products_may_overflow(double max_abs, Index terms) {
@@ -365,19 +358,24 @@ class Run {
     else if (!(NCML_FUZZ_KNOWN_BUGS && o.scale > 1e37)) FUZZ_CHECK(h.allFinite(), "non-finite head (BUG-5)");
   }
 
-  void nc1() {
+  /// Statistics of the input, with the within-class scatter unless flag 0x08 is set.
+  nc::ClassStats input_stats() const {
     nc::StatsOptions so;
     so.within_scatter = !(in_.flags & 0x08);
     so.threads = 1;
-    const nc::ClassStats s = nc::class_stats(x_, in_.labels, num_classes_option(), so);
+    return nc::class_stats(x_, in_.labels, num_classes_option(), so);
+  }
+
+  void nc1() {
+    const nc::ClassStats s = input_stats();
     nc::NC1Options o;
     o.path = alt() ? nc::NC1Options::Path::exact : nc::NC1Options::Path::projected;
     o.unweighted_global_mean = in_.k & 8;
     o.rank_tol = (in_.k > 0 && in_.k % 5 == 0) ? double(in_.k) * 1e-3 : -1;
     o.threads = 1;
     try {
-      const nc::NC1Result r = so.within_scatter ? nc::nc1_detailed(s, o) : nc::nc1_detailed(x_, in_.labels, s, o);
-      const bool bug6 = !so.within_scatter && std::is_same<T, float>::value &&
+      const nc::NC1Result r = s.has_scatter() ? nc::nc1_detailed(s, o) : nc::nc1_detailed(x_, in_.labels, s, o);
+      const bool bug6 = !s.has_scatter() && std::is_same<T, float>::value &&
                         (in_.max_abs_x < 1e-18 || 2.0 * in_.max_abs_x >= kFloatMax);
       if (!(NCML_FUZZ_KNOWN_BUGS && bug6)) FUZZ_CHECK(std::isfinite(r.value), "non-finite NC1");
       FUZZ_CHECK(r.rank >= 1 && r.rank <= s.dim(), "NC1 rank");
@@ -387,10 +385,7 @@ class Run {
   }
 
   void metrics() {
-    nc::StatsOptions so;
-    so.within_scatter = !(in_.flags & 0x08);
-    so.threads = 1;
-    const nc::ClassStats s = nc::class_stats(x_, in_.labels, num_classes_option(), so);
+    const nc::ClassStats s = input_stats();
     nc::NCOptions o;
     o.nc1_path = alt() ? nc::NC1Options::Path::exact : nc::NC1Options::Path::projected;
     o.unweighted_global_mean = in_.k & 8;
@@ -398,7 +393,7 @@ class Run {
     const nc::NCReport r = (in_.flags & 0x10) ? nc::nc_metrics(s, o) : nc::nc_metrics(s, w, o);
     FUZZ_CHECK(r.num_classes_used + r.num_empty_classes == s.num_classes(), "class counts");
     FUZZ_CHECK(r.num_samples == in_.n, "num_samples");
-    FUZZ_CHECK(!so.within_scatter || std::isfinite(r.nc1), "non-finite NC1 in the report");
+    FUZZ_CHECK(!s.has_scatter() || std::isfinite(r.nc1), "non-finite NC1 in the report");
     FUZZ_CHECK(std::isfinite(r.trace_sw) && std::isfinite(r.trace_sb), "non-finite traces");
   }
 
@@ -513,11 +508,11 @@ class Run {
     const MatrixF heads[3] = {x_.rows() >= rows ? MatrixF(x_.topRows(rows).template cast<float>()) : MatrixF(ref * 2.0f),
                               MatrixF(ref.colwise().reverse()), MatrixF(x_.template cast<float>())};
     for (int u = 0; u < 3; ++u) {
-      const std::string before = drift_snapshot(t);
+      const std::string before = snapshot(t);
       try {
         t.update(heads[u]);
       } catch (const nc::error&) {
-        FUZZ_CHECK(drift_snapshot(t) == before, "DriftTracker::update changed its state before throwing");
+        FUZZ_CHECK(snapshot(t) == before, "DriftTracker::update changed its state before throwing");
         break;
       }
       FUZZ_CHECK(t.num_updates() == u + 1, "num_updates");
@@ -528,14 +523,6 @@ class Run {
     }
   }
 
-  static std::string drift_snapshot(const nc::DriftTracker& t) {
-    std::string b = std::to_string(t.num_updates());
-    if (t.num_updates() > 0) {
-      const double v[3] = {t.mean_squared_distance(), t.from_initial(), t.path_length()};
-      b += std::string(reinterpret_cast<const char*>(v), sizeof v) + bytes_of(t.per_class());
-    }
-    return b;
-  }
 
   void perturb() {
     nc::PerturbOptions po;
